@@ -354,10 +354,10 @@ func (e *Emulator) verifyAssertion(p *principal, assertion, tenant string) *aadE
 		switch t.Method.Alg() {
 		case "RS256":
 			thumb, _ = t.Header["x5t"].(string)
-			ci = p.CertsSHA1[thumb]
+			ci = p.CertsSHA1[decodeThumbprint(thumb)]
 		case "PS256":
 			thumb, _ = t.Header["x5t#S256"].(string)
-			ci = p.CertsSHA256[thumb]
+			ci = p.CertsSHA256[decodeThumbprint(thumb)]
 		}
 		if ci == nil {
 			return nil, errKeyNotFound
@@ -366,8 +366,7 @@ func (e *Emulator) verifyAssertion(p *principal, assertion, tenant string) *aadE
 	}, jwt.WithValidMethods([]string{"RS256", "PS256"}), jwt.WithExpirationRequired(), jwt.WithLeeway(5*time.Minute))
 	if err != nil {
 		if errors.Is(err, errKeyNotFound) {
-			raw, _ := base64.RawURLEncoding.DecodeString(thumb)
-			return &aadErr{401, "invalid_client", 700027, fmt.Sprintf("The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '%s', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '%s'.]", strings.ToUpper(hex.EncodeToString(raw)), p.AppID)}
+			return &aadErr{401, "invalid_client", 700027, fmt.Sprintf("The certificate with identifier used to sign the client assertion is not registered on application. [Reason - The key was not found., Thumbprint of key used by client: '%s', Please visit the Azure Portal, Graph Explorer or directly use MS Graph to see configured keys for app Id '%s'.]", strings.ToUpper(decodeThumbprint(thumb)), p.AppID)}
 		}
 		if errors.Is(err, jwt.ErrTokenExpired) || errors.Is(err, jwt.ErrTokenNotValidYet) {
 			return &aadErr{401, "invalid_client", 700024, "Client assertion is not within its valid time range. Check the clock and the assertion's nbf and exp."}

@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -140,10 +141,22 @@ func parseCertificates(items []string) ([]*x509.Certificate, error) {
 	return out, nil
 }
 
+// thumbprints returns the lower-case hex SHA-1 and SHA-256 digests of a certificate.
 func thumbprints(der []byte) (s1, s256 string) {
 	a := sha1.Sum(der)
 	b := sha256.Sum256(der)
-	return base64.RawURLEncoding.EncodeToString(a[:]), base64.RawURLEncoding.EncodeToString(b[:])
+	return hex.EncodeToString(a[:]), hex.EncodeToString(b[:])
+}
+
+// decodeThumbprint reads an x5t / x5t#S256 header value into lower-case hex. RFC 7515 says
+// base64url, MSAL sends padded standard base64, so every variant is accepted.
+func decodeThumbprint(v string) string {
+	for _, enc := range []*base64.Encoding{base64.RawURLEncoding, base64.URLEncoding, base64.StdEncoding, base64.RawStdEncoding} {
+		if b, err := enc.DecodeString(v); err == nil {
+			return hex.EncodeToString(b)
+		}
+	}
+	return strings.ToLower(v)
 }
 
 func truncate(s string, n int) string {
