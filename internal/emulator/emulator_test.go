@@ -436,3 +436,28 @@ func jwkToRSA(n, e string) (*rsa.PublicKey, error) {
 	}
 	return &rsa.PublicKey{N: new(big.Int).SetBytes(nb), E: int(new(big.Int).SetBytes(eb).Int64())}, nil
 }
+
+func TestSampleWorldFileLoadsAndServesEveryHost(t *testing.T) {
+	cfg, err := Load("../../examples/emulator/world.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Timing = FastTiming()
+	e, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	if h := e.Hosts(); len(h) != 3 {
+		t.Errorf("hosts = %v, want 1 VM + 2 instances", h)
+	}
+	if i, err := e.Identity("demo-identity"); err != nil || i.ClientID != "9a2c3b1e-0f0e-4c1f-8e0d-5d4c3b2a1f00" {
+		t.Errorf("demo-identity = %+v, %v", i, err)
+	}
+	if _, err := Load("../../examples/emulator/nope.yaml"); err == nil {
+		t.Error("loading a missing file should fail")
+	}
+}

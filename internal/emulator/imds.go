@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -86,6 +87,7 @@ func (e *Emulator) Hosts() []string {
 			out = append(out, h.Key)
 		}
 	}
+	sort.Strings(out)
 	return out
 }
 
