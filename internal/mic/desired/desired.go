@@ -1,0 +1,240 @@
+// Package desired is MIC's pure core: from pods, bindings, identities and nodes it computes which
+// AzureAssignedIdentities should exist and which identities each VM / VM scale set needs; it
+// diffs that against the AzureAssignedIdentities that exist; and it plans one resource's identity
+// changes. No I/O, no client-go, no Azure SDK: everything here is table-tested.
+package desired
+
+import (
+	"fmt"
+	"sort"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/cloud"
+)
+
+// Pod is what the computation needs of a pod.
+type Pod struct {
+	Namespace, Name string
+	// Selector is the aadpodidbinding label value.
+	Selector string
+	// NodeName is spec.nodeName; empty while unscheduled.
+	NodeName string
+	// Finished is true in phase Succeeded or Failed.
+	Finished bool
+}
+
+// Node is a node with its compute resource already resolved (see cloud.ResourceForNode).
+type Node struct {
+	Name string
+	// Resource is zero when the node cannot be mapped (Err says why).
+	Resource cloud.Resource
+	Err      error
+}
+
+// Options are MIC's behaviour switches that change the desired state.
+type Options struct {
+	ForceNamespaced bool
+	// KeepFinishedPods keeps identities for Succeeded/Failed pods, as upstream did.
+	KeepFinishedPods bool
+}
+
+// Input is one snapshot of the cluster.
+type Input struct {
+	Pods       []Pod
+	Bindings   []*aadv1.AzureIdentityBinding
+	Identities []*aadv1.AzureIdentity
+	// Nodes by name. A pod on a node missing here gets an AAI in the unresolved group.
+	Nodes   map[string]Node
+	Options Options
+}
+
+// Key names an AzureAssignedIdentity.
+type Key struct{ Namespace, Name string }
+
+func (k Key) String() string { return k.Namespace + "/" + k.Name }
+
+// AAI is one AzureAssignedIdentity that should exist.
+type AAI struct {
+	Key
+	PodName, PodNamespace, NodeName string
+	Identity                        *aadv1.AzureIdentity
+	Binding                         *aadv1.AzureIdentityBinding
+	// Resource is the compute resource of the pod's node; zero when unresolved.
+	Resource cloud.Resource
+}
+
+// NeedsAzure reports whether the identity must be on the VM/VMSS (user-assigned MSI) rather than
+// being a service principal, which NMI serves without any assignment.
+func (a *AAI) NeedsAzure() bool { return a.Identity.Spec.Type == aadv1.UserAssignedMSI }
+
+// IdentityID is the lower-cased ARM ID of the identity ("" for service principals).
+func (a *AAI) IdentityID() string {
+	if !a.NeedsAzure() {
+		return ""
+	}
+	return binding.NormalizeID(a.Identity.Spec.ResourceID)
+}
+
+// Group is everything desired on one compute resource.
+type Group struct {
+	Resource cloud.Resource
+	AAIs     []*AAI
+	// Identities maps each lower-cased user-assigned identity ID the resource needs to its
+	// client ID.
+	Identities map[string]string
+}
+
+// ProblemKind classifies bad input.
+type ProblemKind string
+
+const (
+	ProblemMissingIdentity   ProblemKind = "MissingIdentity"
+	ProblemNamespaceMismatch ProblemKind = "NamespaceMismatch"
+	ProblemBadResourceID     ProblemKind = "BadResourceID"
+	ProblemNameCollision     ProblemKind = "NameCollision"
+	ProblemUnknownNode       ProblemKind = "UnknownNode"
+	ProblemBadNode           ProblemKind = "BadNode"
+)
+
+// Problem is bad input that affects some pods and not others. Object names the object the
+// warning belongs on.
+type Problem struct {
+	Kind ProblemKind
+	// ObjectKind is "AzureIdentityBinding", "AzureIdentity", "Pod" or "Node".
+	ObjectKind string
+	Object     Key
+	Message    string
+}
+
+// State is the result of Compute.
+type State struct {
+	AAIs map[Key]*AAI
+	// Groups by cloud.Resource.Key(); AAIs whose node could not be resolved are under "".
+	Groups   map[string]*Group
+	Problems []Problem
+}
+
+// UnresolvedGroup is the Groups key of AAIs whose node maps to no compute resource.
+const UnresolvedGroup = ""
+
+// Compute derives the desired state. It never fails: bad input becomes Problems and affects only
+// the pods it concerns.
+func Compute(in Input) *State {
+	st := &State{AAIs: make(map[Key]*AAI, len(in.Pods)), Groups: map[string]*Group{}}
+	bopts := binding.Options{ForceNamespaced: in.Options.ForceNamespaced}
+
+	// Identities with a malformed resource ID cannot be assigned; drop them like upstream but say so.
+	ids := make([]*aadv1.AzureIdentity, 0, len(in.Identities))
+	for _, id := range in.Identities {
+		if id == nil {
+			continue
+		}
+		if id.Spec.Type == aadv1.UserAssignedMSI && !binding.ValidResourceID(id.Spec.ResourceID) {
+			st.Problems = append(st.Problems, Problem{Kind: ProblemBadResourceID, ObjectKind: "AzureIdentity",
+				Object: Key{id.Namespace, id.Name},
+				Message: fmt.Sprintf("AzureIdentity %s/%s has spec.resourceID %q, which is not a user-assigned identity ID; set it to /subscriptions/<sub>/resourcegroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>",
+					id.Namespace, id.Name, id.Spec.ResourceID)})
+			continue
+		}
+		ids = append(ids, id)
+	}
+	idx := binding.NewIndex(in.Bindings, ids, bopts)
+	// Per-node group and per-identity lower-cased ID are computed once, not once per pod.
+	groupOf := make(map[string]*Group, len(in.Nodes))
+	lowerID := make(map[*aadv1.AzureIdentity]string, len(ids))
+	for _, id := range ids {
+		if id.Spec.Type == aadv1.UserAssignedMSI {
+			lowerID[id] = binding.NormalizeID(id.Spec.ResourceID)
+		}
+	}
+	reported := map[string]bool{}
+	report := func(p Problem) {
+		k := string(p.Kind) + "|" + p.ObjectKind + "|" + p.Object.String()
+		if !reported[k] {
+			reported[k] = true
+			st.Problems = append(st.Problems, p)
+		}
+	}
+
+	for i := range in.Pods {
+		p := &in.Pods[i]
+		if p.NodeName == "" || p.Selector == "" || (p.Finished && !in.Options.KeepFinishedPods) {
+			continue
+		}
+		res := idx.Lookup(p.Namespace, p.Selector)
+		for _, s := range res.Skipped {
+			report(Problem{Kind: skipKind(s.Reason), ObjectKind: "AzureIdentityBinding", Object: Key{s.Binding.Namespace, s.Binding.Name},
+				Message: skipMessage(s)})
+		}
+		if len(res.Matches) == 0 {
+			continue
+		}
+		node, known := in.Nodes[p.NodeName]
+		if !known {
+			report(Problem{Kind: ProblemUnknownNode, ObjectKind: "Pod", Object: Key{p.Namespace, p.Name},
+				Message: fmt.Sprintf("pod %s/%s runs on node %q, which MIC does not know (yet); identities are assigned once the node object exists", p.Namespace, p.Name, p.NodeName)})
+		} else if node.Err != nil {
+			report(Problem{Kind: ProblemBadNode, ObjectKind: "Node", Object: Key{"", node.Name},
+				Message: fmt.Sprintf("node %s: %v; set spec.providerID to the Azure VM or VMSS instance ID", node.Name, node.Err)})
+		}
+		for _, m := range res.Matches {
+			k := Key{binding.AssignedIdentityNamespace(m.Identity, bopts.ForceNamespaced), binding.AssignedIdentityName(p.Name, p.Namespace, m.Identity.Name)}
+			if prev, dup := st.AAIs[k]; dup {
+				report(Problem{Kind: ProblemNameCollision, ObjectKind: "AzureIdentityBinding", Object: Key{m.Binding.Namespace, m.Binding.Name},
+					Message: fmt.Sprintf("AzureIdentityBinding %s/%s: AzureIdentity %s/%s has the same name as %s/%s, which pod %s/%s already uses through binding %s/%s; AzureAssignedIdentity %s can hold only one, so %s/%s is ignored for this pod: rename one of the identities",
+						m.Binding.Namespace, m.Binding.Name, m.Identity.Namespace, m.Identity.Name, prev.Identity.Namespace, prev.Identity.Name, p.Namespace, p.Name,
+						prev.Binding.Namespace, prev.Binding.Name, k, m.Identity.Namespace, m.Identity.Name)})
+				continue
+			}
+			a := &AAI{Key: k, PodName: p.Name, PodNamespace: p.Namespace, NodeName: p.NodeName,
+				Identity: m.Identity, Binding: m.Binding, Resource: node.Resource}
+			st.AAIs[k] = a
+			g := groupOf[p.NodeName]
+			if g == nil {
+				gk := UnresolvedGroup
+				if !a.Resource.IsZero() {
+					gk = a.Resource.Key()
+				}
+				if g = st.Groups[gk]; g == nil {
+					g = &Group{Resource: a.Resource, Identities: map[string]string{}}
+					st.Groups[gk] = g
+				}
+				groupOf[p.NodeName] = g
+			}
+			g.AAIs = append(g.AAIs, a)
+			if a.NeedsAzure() && !g.Resource.IsZero() {
+				g.Identities[lowerID[a.Identity]] = a.Identity.Spec.ClientID
+			}
+		}
+	}
+	return st
+}
+
+func skipKind(r binding.SkipReason) ProblemKind {
+	if r == binding.MissingIdentity {
+		return ProblemMissingIdentity
+	}
+	return ProblemNamespaceMismatch
+}
+
+func skipMessage(s binding.Skipped) string {
+	b := s.Binding
+	if s.Reason == binding.MissingIdentity {
+		return fmt.Sprintf("AzureIdentityBinding %s/%s names AzureIdentity %q, which does not exist in namespace %s (or has an invalid spec.resourceID); create it there or fix spec.azureIdentity",
+			b.Namespace, b.Name, b.Spec.AzureIdentity, b.Namespace)
+	}
+	return fmt.Sprintf("AzureIdentityBinding %s/%s selects a pod in another namespace, but AzureIdentity %q is namespaced: pod, binding and identity must share one namespace",
+		b.Namespace, b.Name, b.Spec.AzureIdentity)
+}
+
+// SortedKeys returns the group keys in a stable order (for logs and tests).
+func (s *State) SortedKeys() []string {
+	out := make([]string, 0, len(s.Groups))
+	for k := range s.Groups {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
