@@ -237,4 +237,3 @@ func (s *State) SortedKeys() []string {
 	sort.Strings(out)
 	return out
 }
-

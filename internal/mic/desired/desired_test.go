@@ -40,8 +40,12 @@ func bnd(ns, name, identity, selector string) *aadv1.AzureIdentityBinding {
 		Spec: aadv1.AzureIdentityBindingSpec{AzureIdentity: identity, Selector: selector}}
 }
 
-func vmss(name string) cloud.Resource { return cloud.Resource{Kind: cloud.KindVMSS, SubscriptionID: sub, ResourceGroup: rg, Name: name} }
-func vm(name string) cloud.Resource   { return cloud.Resource{Kind: cloud.KindVM, SubscriptionID: sub, ResourceGroup: rg, Name: name} }
+func vmss(name string) cloud.Resource {
+	return cloud.Resource{Kind: cloud.KindVMSS, SubscriptionID: sub, ResourceGroup: rg, Name: name}
+}
+func vm(name string) cloud.Resource {
+	return cloud.Resource{Kind: cloud.KindVM, SubscriptionID: sub, ResourceGroup: rg, Name: name}
+}
 
 // world: nodes n1,n2 in VMSS pool; n3 a VM; n4 with a bad providerID.
 func nodes() map[string]Node {
@@ -79,7 +83,9 @@ func summary(st *State) (aais []string, problems []string) {
 }
 
 func TestCompute(t *testing.T) {
-	pod := func(ns, name, sel, node string) Pod { return Pod{Namespace: ns, Name: name, Selector: sel, NodeName: node} }
+	pod := func(ns, name, sel, node string) Pod {
+		return Pod{Namespace: ns, Name: name, Selector: sel, NodeName: node}
+	}
 	cases := []struct {
 		name       string
 		pods       []Pod
