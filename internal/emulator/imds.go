@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,7 +104,9 @@ func (e *Emulator) endpoint(key string) (*imdsEndpoint, error) {
 	ep := e.imds[h.Key]
 	if ep == nil {
 		ep = &imdsEndpoint{e: e, h: h, key: strings.ToLower(h.Key), last: time.Now()}
+		limitsMu.RLock()
 		ep.tokens = e.cfg.IMDS.RequestsPerSecond
+		limitsMu.RUnlock()
 		e.imds[h.Key] = ep
 	}
 	return ep, nil
@@ -269,17 +272,17 @@ func (ep *imdsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if d := e.cfg.Timing.IMDSLatency.Duration; d > 0 {
 		time.Sleep(d)
 	}
-	q := r.URL.Query()
 	if op == OpIMDSInstance {
 		e.serveInstanceMetadata(rec, ep.h)
 		return
 	}
-	resource := q.Get("resource")
+	q := parseTokenQuery(r.URL.RawQuery)
+	resource := q.resource
 	if resource == "" {
 		writeIMDSError(rec, &imdsErr{400, "invalid_request", "Required audience parameter not specified"})
 		return
 	}
-	sel, ie := e.selectIdentity(ep.h, q.Get("client_id"), q.Get("object_id"), or(q.Get("mi_res_id"), q.Get("msi_res_id")), start)
+	sel, ie := e.selectIdentity(ep.h, q.clientID, q.objectID, q.resID, start)
 	if ie != nil {
 		writeIMDSError(rec, ie)
 		return
@@ -420,4 +423,41 @@ func (e *Emulator) serveInstanceMetadata(w http.ResponseWriter, h *host) {
 			"ipv6":       map[string]any{"ipAddress": []any{}},
 			"macAddress": fmt.Sprintf("000D3A%06X", idx)}}},
 	})
+}
+
+// tokenQuery holds the token request parameters IMDS reads.
+type tokenQuery struct{ resource, clientID, objectID, resID string }
+
+// parseTokenQuery reads only the parameters IMDS uses, without building a url.Values map: the
+// token path is the emulator's hot path.
+func parseTokenQuery(raw string) tokenQuery {
+	var q tokenQuery
+	for raw != "" {
+		var kv string
+		kv, raw, _ = strings.Cut(raw, "&")
+		k, v, _ := strings.Cut(kv, "=")
+		var dst *string
+		switch k {
+		case "resource":
+			dst = &q.resource
+		case "client_id":
+			dst = &q.clientID
+		case "object_id":
+			dst = &q.objectID
+		case "mi_res_id", "msi_res_id":
+			dst = &q.resID
+		default:
+			continue
+		}
+		if *dst != "" {
+			continue // first occurrence wins, as url.Values.Get
+		}
+		if strings.ContainsAny(v, "%+") {
+			if u, err := url.QueryUnescape(v); err == nil {
+				v = u
+			}
+		}
+		*dst = v
+	}
+	return q
 }
