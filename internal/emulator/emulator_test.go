@@ -461,3 +461,33 @@ func TestSampleWorldFileLoadsAndServesEveryHost(t *testing.T) {
 		t.Error("loading a missing file should fail")
 	}
 }
+
+func TestVMSSInstancesGetAndListShowScaleSetIdentities(t *testing.T) {
+	e := newWorld(t, func(c *Config) { c.VirtualMachineScaleSets[0].UserAssignedIdentities = []string{"id1"} })
+	cl, err := armcompute.NewVirtualMachineScaleSetVMsClient(e.Config().SubscriptionID, secretCred(t, e, testApp, testSecret), e.ARMClientOptions())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rg := e.Config().ResourceGroup
+	vm, err := cl.Get(ctx(t), rg, "pool", "1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *vm.InstanceID != "1" || *vm.Properties.OSProfile.ComputerName != ComputerName("pool", 1) || len(vm.Identity.UserAssignedIdentities) != 1 {
+		t.Errorf("instance 1 = %s %s %v", *vm.InstanceID, *vm.Properties.OSProfile.ComputerName, vm.Identity)
+	}
+	n := 0
+	for pg := cl.NewListPager(rg, "pool", nil); pg.More(); {
+		page, err := pg.NextPage(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(page.Value)
+	}
+	if n != 2 {
+		t.Errorf("listed %d instances, want 2", n)
+	}
+	if _, err := cl.Get(ctx(t), rg, "pool", "7", nil); respErr(t, err).StatusCode != 404 {
+		t.Errorf("missing instance: %v", err)
+	}
+}
