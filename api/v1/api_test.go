@@ -167,7 +167,7 @@ func TestUpstreamSampleManifestsApply(t *testing.T) {
 			}
 			for _, o := range objs {
 				o.SetNamespace(ns)
-				err := env.Client.Patch(testenv.Context(t), o, client.Apply,
+				err := env.Client.Apply(testenv.Context(t), client.ApplyConfigurationFromUnstructured(o),
 					client.FieldOwner("podidentity-test"), client.ForceOwnership)
 				if err != nil {
 					t.Errorf("applying %s %s from %s: %v", o.GetKind(), o.GetName(), filepath.Base(f), err)
