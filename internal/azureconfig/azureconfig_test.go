@@ -100,7 +100,10 @@ func TestWatchSeesContentChange(t *testing.T) {
 	var calls atomic.Int32
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { Watch(ctx, logr.Discard(), []string{p}, 10*time.Millisecond, func() { calls.Add(1) }); close(done) }()
+	go func() {
+		Watch(ctx, logr.Discard(), []string{p}, 10*time.Millisecond, func() { calls.Add(1) })
+		close(done)
+	}()
 	write(t, dir, "azure.json", `{"aadClientSecret":"new"}`)
 	for calls.Load() == 0 {
 		time.Sleep(10 * time.Millisecond)

@@ -188,8 +188,11 @@ func Chunk(p Plan, max int) []Plan {
 func (a *AAI) Object(state aadv1.AssignedIdentityState) *aadv1.AzureAssignedIdentity {
 	id := a.Identity.DeepCopy()
 	id.ManagedFields = nil
+	// Embedded resources need their type (objects from a typed cache come without it).
+	id.APIVersion, id.Kind = aadv1.SchemeGroupVersion.String(), "AzureIdentity"
 	b := a.Binding.DeepCopy()
 	b.ManagedFields = nil
+	b.APIVersion, b.Kind = aadv1.SchemeGroupVersion.String(), "AzureIdentityBinding"
 	o := &aadv1.AzureAssignedIdentity{
 		Spec: aadv1.AzureAssignedIdentitySpec{
 			AzureIdentityRef: id, AzureBindingRef: b,
@@ -197,6 +200,7 @@ func (a *AAI) Object(state aadv1.AssignedIdentityState) *aadv1.AzureAssignedIden
 		},
 		Status: aadv1.AzureAssignedIdentityStatus{Status: state, AvailableReplicas: 1},
 	}
+	o.APIVersion, o.Kind = aadv1.SchemeGroupVersion.String(), "AzureAssignedIdentity"
 	o.Namespace, o.Name = a.Namespace, a.Name
 	o.Labels = map[string]string{aadv1.AssignedIdentityNodeLabel: a.NodeName}
 	o.Finalizers = []string{aadv1.AssignedIdentityFinalizer}

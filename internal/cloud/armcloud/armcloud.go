@@ -1,0 +1,368 @@
+// Package armcloud implements cloud.Compute with the official Azure SDK (armcompute). Endpoints,
+// credentials and trusted CAs come from azureconfig.Settings, which is also how tests point it at
+// the emulator.
+package armcloud
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	azcloud "github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v8"
+
+	"github.com/podidentity/podidentity/internal/azureconfig"
+	"github.com/podidentity/podidentity/internal/cloud"
+)
+
+// Options tune the client.
+type Options struct {
+	// PollInterval is the wait between polls of a long-running operation when ARM sends no
+	// Retry-After (the SDK default of 30 s would add up to 30 s to every assignment).
+	PollInterval time.Duration
+	// UserAgent is appended to the SDK's.
+	UserAgent string
+	// Observe, when set, is called after every ARM call with the upstream operation name
+	// (vm_get, vm_update, vmss_get, vmss_update).
+	Observe func(operation string, d time.Duration, err error)
+	// Transport overrides the HTTP client (tests).
+	Transport policy.Transporter
+}
+
+// Client is a cloud.Compute over ARM.
+type Client struct {
+	opts Options
+	cred azcore.TokenCredential
+	aopt *arm.ClientOptions
+
+	mu   sync.Mutex
+	vms  map[string]*armcompute.VirtualMachinesClient
+	vmss map[string]*armcompute.VirtualMachineScaleSetsClient
+}
+
+var _ cloud.Compute = (*Client)(nil)
+
+// New builds ARM clients from settings. It does not call Azure.
+func New(s *azureconfig.Settings, o Options) (*Client, error) {
+	if o.PollInterval <= 0 {
+		o.PollInterval = time.Second
+	}
+	transport := o.Transport
+	if transport == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		if s.CAs != nil {
+			t.TLSClientConfig = &tls.Config{RootCAs: s.CAs, MinVersion: tls.VersionTLS12}
+		}
+		// One connection per concurrently reconciled resource is plenty; keep them alive.
+		t.MaxIdleConnsPerHost = 32
+		transport = &http.Client{Transport: t, Timeout: 2 * time.Minute}
+	}
+	cc := azcloud.Configuration{
+		ActiveDirectoryAuthorityHost: s.Env.ActiveDirectoryEndpoint,
+		Services: map[azcloud.ServiceName]azcloud.ServiceConfiguration{
+			azcloud.ResourceManager: {Endpoint: s.Env.ResourceManagerEndpoint, Audience: s.Env.TokenAudience},
+		},
+	}
+	co := azcore.ClientOptions{Cloud: cc, Transport: transport,
+		Telemetry: policy.TelemetryOptions{ApplicationID: o.UserAgent},
+		// 429 is not retried inside the SDK: MIC honours Retry-After itself, per subscription, so
+		// that a throttled resource does not hold a worker asleep (and nothing else waits on it).
+		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 500 * time.Millisecond, MaxRetryDelay: 5 * time.Second,
+			StatusCodes: []int{http.StatusRequestTimeout, 500, 502, 503, 504}},
+	}
+	knownCloud := strings.Contains(s.Env.ActiveDirectoryEndpoint, "login.microsoftonline.") ||
+		strings.Contains(s.Env.ActiveDirectoryEndpoint, "login.chinacloudapi.cn") || strings.Contains(s.Env.ActiveDirectoryEndpoint, "login.microsoftonline.us")
+	var cred azcore.TokenCredential
+	var err error
+	switch s.Auth() {
+	case azureconfig.AuthServicePrincipal:
+		cred, err = azidentity.NewClientSecretCredential(s.Config.TenantID, s.Config.AADClientID, s.Config.AADClientSecret,
+			&azidentity.ClientSecretCredentialOptions{ClientOptions: co, DisableInstanceDiscovery: !knownCloud})
+	case azureconfig.AuthUserMSI:
+		cred, err = azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: co,
+			ID: azidentity.ClientID(s.Config.UserAssignedIdentityID)})
+	default:
+		cred, err = azidentity.NewManagedIdentityCredential(&azidentity.ManagedIdentityCredentialOptions{ClientOptions: co})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("building the Azure credential: %w", err)
+	}
+	return &Client{opts: o, cred: cred, aopt: &arm.ClientOptions{ClientOptions: co, DisableRPRegistration: true},
+		vms: map[string]*armcompute.VirtualMachinesClient{}, vmss: map[string]*armcompute.VirtualMachineScaleSetsClient{}}, nil
+}
+
+func (c *Client) vmClient(sub string) (*armcompute.VirtualMachinesClient, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v := c.vms[sub]; v != nil {
+		return v, nil
+	}
+	v, err := armcompute.NewVirtualMachinesClient(sub, c.cred, c.aopt)
+	if err == nil {
+		c.vms[sub] = v
+	}
+	return v, err
+}
+
+func (c *Client) vmssClient(sub string) (*armcompute.VirtualMachineScaleSetsClient, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v := c.vmss[sub]; v != nil {
+		return v, nil
+	}
+	v, err := armcompute.NewVirtualMachineScaleSetsClient(sub, c.cred, c.aopt)
+	if err == nil {
+		c.vmss[sub] = v
+	}
+	return v, err
+}
+
+// Get reads the identity block of a VM or VMSS (one ARM GET).
+func (c *Client) Get(ctx context.Context, r cloud.Resource) (ids cloud.Identities, err error) {
+	op := cloud.OperationName(r, false)
+	start := time.Now()
+	defer func() { c.observe(op, start, err) }()
+	var typ *armcompute.ResourceIdentityType
+	var uai map[string]*armcompute.UserAssignedIdentitiesValue
+	var state *string
+	if r.Kind == cloud.KindVMSS {
+		cl, cerr := c.vmssClient(r.SubscriptionID)
+		if cerr != nil {
+			return ids, cerr
+		}
+		resp, gerr := cl.Get(ctx, r.ResourceGroup, r.Name, nil)
+		if gerr != nil {
+			return ids, wrap(op, r, gerr)
+		}
+		if resp.Identity != nil {
+			typ, uai = resp.Identity.Type, resp.Identity.UserAssignedIdentities
+		}
+		if resp.Properties != nil {
+			state = resp.Properties.ProvisioningState
+		}
+	} else {
+		cl, cerr := c.vmClient(r.SubscriptionID)
+		if cerr != nil {
+			return ids, cerr
+		}
+		resp, gerr := cl.Get(ctx, r.ResourceGroup, r.Name, nil)
+		if gerr != nil {
+			return ids, wrap(op, r, gerr)
+		}
+		if resp.Identity != nil {
+			typ, uai = resp.Identity.Type, resp.Identity.UserAssignedIdentities
+		}
+		if resp.Properties != nil {
+			state = resp.Properties.ProvisioningState
+		}
+	}
+	if state != nil && strings.EqualFold(*state, "Deleting") {
+		return ids, &cloud.Error{Operation: op, Resource: r, StatusCode: http.StatusConflict, Code: "Deleting",
+			Message: "the resource is being deleted; identities are not changed on it"}
+	}
+	ids.UserAssigned = make(map[string]string, len(uai))
+	for id, v := range uai {
+		client := ""
+		if v != nil && v.ClientID != nil {
+			client = *v.ClientID
+		}
+		ids.UserAssigned[strings.ToLower(id)] = client
+	}
+	ids.SystemAssigned = typ != nil && strings.Contains(string(*typ), string(armcompute.ResourceIdentityTypeSystemAssigned))
+	return ids, nil
+}
+
+// identityBlock builds the PATCH body: {} adds, null removes, kept identities are omitted, and
+// the type keeps a system-assigned identity and becomes None/SystemAssigned only when no
+// user-assigned identity remains.
+func identityBlock(u cloud.Update) (*armcompute.ResourceIdentityType, map[string]*armcompute.UserAssignedIdentitiesValue) {
+	m := make(map[string]*armcompute.UserAssignedIdentitiesValue, len(u.Add)+len(u.Remove))
+	remaining := len(u.Current.UserAssigned)
+	for _, id := range u.Remove {
+		if u.Current.Has(id) {
+			m[id] = nil
+			remaining--
+		}
+	}
+	for _, id := range u.Add {
+		if !u.Current.Has(id) {
+			m[id] = &armcompute.UserAssignedIdentitiesValue{}
+			remaining++
+		}
+	}
+	var t armcompute.ResourceIdentityType
+	switch {
+	case remaining > 0 && u.Current.SystemAssigned:
+		t = armcompute.ResourceIdentityTypeSystemAssignedUserAssigned
+	case remaining > 0:
+		t = armcompute.ResourceIdentityTypeUserAssigned
+	case u.Current.SystemAssigned:
+		t, m = armcompute.ResourceIdentityTypeSystemAssigned, nil
+	default:
+		t, m = armcompute.ResourceIdentityTypeNone, nil
+	}
+	return &t, m
+}
+
+// Update sends one PATCH with the identity changes and waits for its operation to end.
+func (c *Client) Update(ctx context.Context, r cloud.Resource, u cloud.Update) (err error) {
+	if len(u.Add)+len(u.Remove) > cloud.MaxIdentitiesPerRequest {
+		return fmt.Errorf("update of %s with %d identities exceeds ARM's limit of %d per request; split it", r, len(u.Add)+len(u.Remove), cloud.MaxIdentitiesPerRequest)
+	}
+	op := cloud.OperationName(r, true)
+	start := time.Now()
+	defer func() { c.observe(op, start, err) }()
+	typ, m := identityBlock(u)
+	if r.Kind == cloud.KindVMSS {
+		cl, cerr := c.vmssClient(r.SubscriptionID)
+		if cerr != nil {
+			return cerr
+		}
+		p, berr := cl.BeginUpdate(ctx, r.ResourceGroup, r.Name, armcompute.VirtualMachineScaleSetUpdate{
+			Identity: &armcompute.VirtualMachineScaleSetIdentity{Type: typ, UserAssignedIdentities: m}}, nil)
+		if berr != nil {
+			return wrap(op, r, berr)
+		}
+		_, err = wait(ctx, p, c.opts.PollInterval)
+	} else {
+		cl, cerr := c.vmClient(r.SubscriptionID)
+		if cerr != nil {
+			return cerr
+		}
+		p, berr := cl.BeginUpdate(ctx, r.ResourceGroup, r.Name, armcompute.VirtualMachineUpdate{
+			Identity: &armcompute.VirtualMachineIdentity{Type: typ, UserAssignedIdentities: m}}, nil)
+		if berr != nil {
+			return wrap(op, r, berr)
+		}
+		_, err = wait(ctx, p, c.opts.PollInterval)
+	}
+	if err != nil {
+		return wrap(op, r, err)
+	}
+	return nil
+}
+
+// wait polls until the operation ends, honouring Retry-After on polls, with our own interval
+// instead of the SDK's 30 s default.
+func wait[T any](ctx context.Context, p *runtime.Poller[T], interval time.Duration) (T, error) {
+	for !p.Done() {
+		d := interval
+		resp, err := p.Poll(ctx)
+		if err != nil {
+			var zero T
+			return zero, err
+		}
+		if p.Done() {
+			break
+		}
+		if ra := retryAfter(resp); ra > 0 && ra < time.Minute {
+			d = ra
+		}
+		select {
+		case <-ctx.Done():
+			var zero T
+			return zero, ctx.Err()
+		case <-time.After(d):
+		}
+	}
+	return p.Result(ctx)
+}
+
+func retryAfter(resp *http.Response) time.Duration {
+	if resp == nil {
+		return 0
+	}
+	v := resp.Header.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		return time.Duration(s) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return time.Until(t)
+	}
+	return 0
+}
+
+func wrap(op string, r cloud.Resource, err error) error {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return err
+		}
+		// Failed long-running operations surface as plain errors carrying the ARM code.
+		msg := err.Error()
+		e := &cloud.Error{Operation: op, Resource: r, Message: msg, Identities: cloud.IdentitiesInMessage(msg)}
+		for _, code := range []string{"LinkedAuthorizationFailed", "FailedIdentityOperation"} {
+			if strings.Contains(msg, code) {
+				e.Code = code
+			}
+		}
+		return e
+	}
+	msg := re.Error()
+	e := &cloud.Error{Operation: op, Resource: r, StatusCode: re.StatusCode, Code: re.ErrorCode, Message: oneLine(msg),
+		RetryAfter: retryAfter(re.RawResponse), Identities: cloud.IdentitiesInMessage(msg)}
+	return e
+}
+
+// oneLine keeps the part of the SDK's multi-line error that says what ARM answered.
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 600 {
+		s = s[:600] + "…"
+	}
+	return s
+}
+
+func (c *Client) observe(op string, start time.Time, err error) {
+	if c.opts.Observe != nil {
+		c.opts.Observe(op, time.Since(start), err)
+	}
+}
+
+// Reloading is a cloud.Compute whose underlying client can be replaced (after azure.json
+// changed) while calls are in flight.
+type Reloading struct {
+	mu  sync.RWMutex
+	cur cloud.Compute
+}
+
+// NewReloading starts with c.
+func NewReloading(c cloud.Compute) *Reloading { return &Reloading{cur: c} }
+
+// Swap replaces the client; calls already running finish on the old one.
+func (r *Reloading) Swap(c cloud.Compute) {
+	r.mu.Lock()
+	r.cur = c
+	r.mu.Unlock()
+}
+
+func (r *Reloading) get() cloud.Compute {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.cur
+}
+
+// Get implements cloud.Compute.
+func (r *Reloading) Get(ctx context.Context, res cloud.Resource) (cloud.Identities, error) {
+	return r.get().Get(ctx, res)
+}
+
+// Update implements cloud.Compute.
+func (r *Reloading) Update(ctx context.Context, res cloud.Resource, u cloud.Update) error {
+	return r.get().Update(ctx, res, u)
+}

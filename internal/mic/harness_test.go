@@ -1,0 +1,308 @@
+package mic_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr/testr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/azureconfig"
+	"github.com/podidentity/podidentity/internal/cloud/armcloud"
+	"github.com/podidentity/podidentity/internal/emulator"
+	"github.com/podidentity/podidentity/internal/mic"
+	"github.com/podidentity/podidentity/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
+
+const micAppID = "11111111-2222-3333-4444-555555555555"
+
+// world is one test's emulated Azure plus its namespace.
+type world struct {
+	t   *testing.T
+	e   *emulator.Emulator
+	ns  string
+	sub string
+	rg  string
+	dir string
+}
+
+func newWorld(t *testing.T, cfg emulator.Config) *world {
+	t.Helper()
+	cfg.ServicePrincipals = append(cfg.ServicePrincipals, emulator.PrincipalConfig{AppID: micAppID, Secrets: []string{"secret"},
+		DeniedIdentities: deniedOf(cfg)})
+	if cfg.Timing == (emulator.Timing{}) {
+		cfg.Timing = emulator.FastTiming()
+	}
+	e, err := emulator.New(cfg)
+	if err != nil {
+		t.Fatalf("emulator: %v", err)
+	}
+	if err := e.Start(); err != nil {
+		t.Fatalf("starting emulator: %v", err)
+	}
+	t.Cleanup(func() { _ = e.Close() })
+	w := &world{t: t, e: e, ns: env.Namespace(t), sub: e.Config().SubscriptionID, rg: e.Config().ResourceGroup, dir: t.TempDir()}
+	return w
+}
+
+// denied is a marker name: identities whose name starts with it are denied to MIC's principal.
+const denied = "denied-"
+
+func deniedOf(cfg emulator.Config) []string {
+	var out []string
+	for _, id := range cfg.UserAssignedIdentities {
+		if strings.HasPrefix(id.Name, denied) {
+			out = append(out, id.Name)
+		}
+	}
+	return out
+}
+
+// settings writes the custom-cloud environment file and CA as an operator would, and loads them
+// through azureconfig exactly as cmd/mic does.
+func (w *world) settings(extra map[string]string) *azureconfig.Settings {
+	w.t.Helper()
+	ca := filepath.Join(w.dir, "ca.pem")
+	if err := w.e.WriteCA(ca); err != nil {
+		w.t.Fatal(err)
+	}
+	envFile := filepath.Join(w.dir, "cloud.json")
+	b, _ := json.Marshal(map[string]string{"name": "AzureStackCloud", "resourceManagerEndpoint": w.e.ARMURL() + "/",
+		"activeDirectoryEndpoint": w.e.AADURL() + "/", "tokenAudience": emulator.ARMAudience, "caBundle": ca})
+	if err := os.WriteFile(envFile, b, 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	azjson := filepath.Join(w.dir, "azure.json")
+	cfg := map[string]string{"cloud": "AzureStackCloud", "tenantId": w.e.Config().TenantID, "aadClientId": micAppID,
+		"aadClientSecret": "secret", "subscriptionId": w.sub, "resourceGroup": w.rg, "vmType": "vmss"}
+	for k, v := range extra {
+		cfg[k] = v
+	}
+	b, _ = json.Marshal(cfg)
+	if err := os.WriteFile(azjson, b, 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	s, err := azureconfig.Load(azjson, func(k string) string {
+		if k == azureconfig.EnvironmentFileVar {
+			return envFile
+		}
+		return ""
+	})
+	if err != nil {
+		w.t.Fatalf("loading settings: %v", err)
+	}
+	return s
+}
+
+// micProc is one running MIC replica.
+type micProc struct {
+	cancel context.CancelFunc
+	done   chan error
+	ctl    *mic.Controller
+	mu     sync.Mutex
+}
+
+type micOpts struct {
+	opts     func(*mic.Options)
+	azure    map[string]string
+	lease    time.Duration
+	leaseID  string
+	noLeader bool
+}
+
+// startMIC runs MIC's real code path (settings → armcloud → mic.Run with leader election).
+func (w *world) startMIC(mo micOpts) *micProc {
+	w.t.Helper()
+	s := w.settings(mo.azure)
+	compute, err := armcloud.New(s, armcloud.Options{PollInterval: 50 * time.Millisecond})
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	o := mic.Options{Namespace: w.ns, BatchIdle: 50 * time.Millisecond, BatchMax: 300 * time.Millisecond,
+		QuarantineBase: time.Minute, QuarantineMax: 5 * time.Minute, RetryBase: 100 * time.Millisecond, RetryMax: 2 * time.Second,
+		Defaults: cloudDefaults(w)}
+	if s.Config.UserAssignedIdentityID != "" {
+		o.ImmutableClientIDs = append(o.ImmutableClientIDs, s.Config.UserAssignedIdentityID)
+	}
+	if mo.opts != nil {
+		mo.opts(&o)
+	}
+	lease := mo.lease
+	if lease == 0 {
+		lease = 2 * time.Second
+	}
+	leaseID := mo.leaseID
+	if leaseID == "" {
+		leaseID = "mic"
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &micProc{cancel: cancel, done: make(chan error, 1)}
+	go func() {
+		p.done <- mic.Run(ctx, mic.RunConfig{Rest: env.Config, Compute: compute, Options: o, Log: testr.NewWithOptions(w.t, testr.Options{Verbosity: 0}),
+			LeaderElection: !mo.noLeader, LeaseName: leaseID, LeaseNamespace: w.ns, LeaseDuration: lease,
+			ProbeAddr: "0", MetricsAddr: "0", Metrics: mic.NewMetrics(nil),
+			OnController: func(c *mic.Controller) { p.mu.Lock(); p.ctl = c; p.mu.Unlock() }})
+	}()
+	w.t.Cleanup(p.stop)
+	return p
+}
+
+func (p *micProc) stop() {
+	p.cancel()
+	<-p.done
+	p.done <- nil // later stops return at once
+}
+
+// --- objects ---------------------------------------------------------------------------------
+
+func (w *world) identity(name string) *aadv1.AzureIdentity {
+	w.t.Helper()
+	info, err := w.e.Identity(name)
+	if err != nil {
+		w.t.Fatalf("emulator identity %s: %v", name, err)
+	}
+	id := testenv.NewMSIIdentity(w.ns, name, w.sub, w.rg, info.ClientID)
+	id.Spec.ResourceID = info.ID
+	env.Create(w.t, id)
+	return id
+}
+
+func (w *world) binding(name, identity, selector string) *aadv1.AzureIdentityBinding {
+	b := testenv.NewBinding(w.ns, name, identity, selector)
+	env.Create(w.t, b)
+	return b
+}
+
+func (w *world) vmssNode(vmss string, i int) string {
+	name := fmt.Sprintf("%s-%s-%d", w.ns, vmss, i)
+	env.CreateNode(w.t, name, testenv.VMSSProviderID(w.sub, w.rg, vmss, i))
+	return name
+}
+
+func (w *world) vmNode(vm string) string {
+	name := w.ns + "-" + vm
+	env.CreateNode(w.t, name, testenv.VMProviderID(w.sub, w.rg, vm))
+	return name
+}
+
+func (w *world) pod(name, node, selector string) *corev1.Pod {
+	return env.CreatePod(w.t, testenv.PodSpec{Namespace: w.ns, Name: name, Node: node, Binding: selector})
+}
+
+func (w *world) deletePod(name string) {
+	w.t.Helper()
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name}}
+	if err := env.Client.Delete(testenv.Context(w.t), p, client.GracePeriodSeconds(0)); err != nil {
+		w.t.Fatalf("deleting pod %s: %v", name, err)
+	}
+}
+
+func (w *world) delete(obj client.Object) {
+	w.t.Helper()
+	if err := env.Client.Delete(testenv.Context(w.t), obj); err != nil {
+		w.t.Fatalf("deleting %T %s: %v", obj, obj.GetName(), err)
+	}
+}
+
+// aais returns this test's AzureAssignedIdentities (all namespaces), by name → status.
+func (w *world) aais() map[string]aadv1.AssignedIdentityState {
+	w.t.Helper()
+	var l aadv1.AzureAssignedIdentityList
+	if err := env.Client.List(testenv.Context(w.t), &l); err != nil {
+		w.t.Fatal(err)
+	}
+	out := map[string]aadv1.AssignedIdentityState{}
+	for _, a := range l.Items {
+		if a.Spec.PodNamespace == w.ns {
+			out[a.Name] = a.Status.Status
+		}
+	}
+	return out
+}
+
+func (w *world) aaiName(pod, identity string) string { return pod + "-" + w.ns + "-" + identity }
+
+// assigned returns the lower-cased identity names on a VM/VMSS.
+func (w *world) assigned(resource string) []string {
+	w.t.Helper()
+	ids, err := w.e.AssignedIdentities(resource)
+	if err != nil {
+		w.t.Fatalf("emulator assignments of %s: %v", resource, err)
+	}
+	var out []string
+	for _, id := range ids {
+		out = append(out, strings.ToLower(id[strings.LastIndex(id, "/")+1:]))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// eventually polls cond until it holds; the deadline is generous and only catches hangs (no
+// timing is asserted).
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		last = state
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("%s never happened; last state: %s", what, last)
+}
+
+func (w *world) waitAAIs(want map[string]aadv1.AssignedIdentityState) {
+	w.t.Helper()
+	eventually(w.t, fmt.Sprintf("AzureAssignedIdentities %v", want), func() (bool, string) {
+		got := w.aais()
+		return fmt.Sprint(got) == fmt.Sprint(want), fmt.Sprint(got)
+	})
+}
+
+func (w *world) waitAssigned(resource string, want ...string) {
+	w.t.Helper()
+	slices.Sort(want)
+	if want == nil {
+		want = []string{}
+	}
+	eventually(w.t, fmt.Sprintf("identities %v on %s", want, resource), func() (bool, string) {
+		got := w.assigned(resource)
+		if got == nil {
+			got = []string{}
+		}
+		return fmt.Sprint(got) == fmt.Sprint(want), fmt.Sprint(got)
+	})
+}
+
+func (w *world) armWrites(resource string) int64 {
+	op := emulator.OpVMSSUpdate
+	kind := emulator.KindVMSS
+	if !strings.Contains(resource, "pool") {
+		op, kind = emulator.OpVMUpdate, emulator.KindVM
+	}
+	var id string
+	if kind == emulator.KindVMSS {
+		id = emulator.VMSSID(w.sub, w.rg, resource)
+	} else {
+		id = emulator.VMID(w.sub, w.rg, resource)
+	}
+	return w.e.Count(emulator.CounterKey{Service: emulator.ServiceARM, Operation: op, Resource: strings.ToLower(id), Status: 200})
+}

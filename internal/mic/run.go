@@ -1,0 +1,209 @@
+package mic
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/cloud"
+)
+
+// RunConfig is what Run needs besides Options.
+type RunConfig struct {
+	Rest    *rest.Config
+	Compute cloud.Compute
+	Options Options
+	Log     logr.Logger
+
+	LeaderElection            bool
+	LeaseName, LeaseNamespace string
+	LeaseDuration             time.Duration
+	ProbeAddr, MetricsAddr    string // "host:port"; "0" disables
+	GracefulShutdown          time.Duration
+	Metrics                   *Metrics // nil: created and registered with controller-runtime's registry
+	OnController              func(*Controller)
+}
+
+// Scheme knows core and podidentity kinds.
+func Scheme() *k8sruntime.Scheme {
+	s := k8sruntime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := aadv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// ErrLeaseLost means this replica lost the lease; Run then starts over as a standby.
+var ErrLeaseLost = errors.New("leader lease lost")
+
+// Run runs MIC until ctx ends. Losing the lease stops the work loop cleanly; the replica then
+// stands by for the lease again instead of exiting (upstream exited and crash-looped).
+func Run(ctx context.Context, rc RunConfig) error {
+	if rc.Metrics == nil {
+		rc.Metrics = NewMetrics(metrics.Registry)
+	}
+	for {
+		err := runOnce(ctx, rc)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			rc.Log.Info("lost the leader lease; standing by to be elected again")
+			// The probe and metrics listeners are re-opened by the next manager; give the
+			// kernel a moment to free the ports.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(500 * time.Millisecond):
+			}
+			continue
+		}
+		return err
+	}
+}
+
+func runOnce(ctx context.Context, rc RunConfig) error {
+	o := rc.Options.Defaulted()
+	lease := rc.LeaseDuration
+	if lease <= 0 {
+		lease = 15 * time.Second
+	}
+	renew, retry := lease/2, lease/4
+	podSel := PodSelector()
+	mopts := manager.Options{
+		Scheme: Scheme(),
+		Logger: rc.Log,
+		Cache: cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: map[client.Object]cache.ByObject{
+				// Only labelled pods matter, and only a few fields of them: keeps RSS flat at scale.
+				&corev1.Pod{}:  {Label: podSel, Transform: slimPod},
+				&corev1.Node{}: {Transform: slimNode},
+			},
+		},
+		LeaderElection:                rc.LeaderElection,
+		LeaderElectionResourceLock:    "leases",
+		LeaderElectionID:              rc.LeaseName,
+		LeaderElectionNamespace:       rc.LeaseNamespace,
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &lease,
+		RenewDeadline:                 &renew,
+		RetryPeriod:                   &retry,
+		HealthProbeBindAddress:        rc.ProbeAddr,
+		Metrics:                       metricsserver.Options{BindAddress: rc.MetricsAddr},
+		GracefulShutdownTimeout:       &rc.GracefulShutdown,
+	}
+	mgr, err := manager.New(rc.Rest, mopts)
+	if err != nil {
+		return fmt.Errorf("creating the controller manager: %w", err)
+	}
+	var synced atomic.Bool
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		// Readiness: caches synced (leader and standby both).
+		if mgr.GetCache().WaitForCacheSync(ctx) {
+			synced.Store(true)
+		}
+		<-ctx.Done()
+		return nil
+	})); err != nil {
+		return err
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("caches", func(*http.Request) error {
+		if !synced.Load() {
+			return errors.New("informer caches not synced yet")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	ctl := NewController(rc.Log.WithName("controller"), mgr.GetCache(), mgr.GetClient(), mgr.GetAPIReader(), rc.Compute,
+		mgr.GetEventRecorder("aadpodidentity.k8s.io"), rc.Metrics, o)
+	if rc.OnController != nil {
+		rc.OnController(ctl)
+	}
+	if err := mgr.Add(ctl); err != nil {
+		return err
+	}
+	err = mgr.Start(ctx)
+	if err != nil && err.Error() == "leader election lost" {
+		return fmt.Errorf("%w: %w", ErrLeaseLost, err)
+	}
+	return err
+}
+
+func slimPod(obj any) (any, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Pod{
+		TypeMeta:   p.TypeMeta,
+		ObjectMeta: metav1ObjectMeta(p.Name, p.Namespace, p.UID, p.ResourceVersion, p.Labels, p.DeletionTimestamp != nil),
+		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName},
+		Status:     corev1.PodStatus{Phase: p.Status.Phase},
+	}, nil
+}
+
+func slimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{TypeMeta: n.TypeMeta,
+		ObjectMeta: metav1ObjectMeta(n.Name, "", n.UID, n.ResourceVersion, nil, false),
+		Spec:       corev1.NodeSpec{ProviderID: n.Spec.ProviderID}}, nil
+}
+
+// Cleanup is the way out when MIC is uninstalled or a namespace is stuck terminating: it removes
+// MIC's finalizer from every AzureAssignedIdentity (all namespaces) and deletes them. Identities
+// stay on the VMs/VMSS (remove them with az if wanted: the ownership ConfigMaps list what MIC
+// assigned). It returns how many objects it released.
+func Cleanup(ctx context.Context, c client.Client, log logr.Logger) (int, error) {
+	var list aadv1.AzureAssignedIdentityList
+	if err := c.List(ctx, &list); err != nil {
+		return 0, fmt.Errorf("listing AzureAssignedIdentities: %w", err)
+	}
+	n := 0
+	for i := range list.Items {
+		h := &list.Items[i]
+		if slices.Contains(h.Finalizers, aadv1.AssignedIdentityFinalizer) {
+			obj := h.DeepCopy()
+			obj.Finalizers = slices.DeleteFunc(obj.Finalizers, func(f string) bool { return f == aadv1.AssignedIdentityFinalizer })
+			if err := c.Patch(ctx, obj, client.MergeFrom(h)); err != nil && !apierrors.IsNotFound(err) {
+				return n, fmt.Errorf("removing the finalizer of AzureAssignedIdentity %s/%s: %w", h.Namespace, h.Name, err)
+			}
+		}
+		if h.DeletionTimestamp == nil {
+			if err := c.Delete(ctx, h); err != nil && !apierrors.IsNotFound(err) {
+				return n, fmt.Errorf("deleting AzureAssignedIdentity %s/%s: %w", h.Namespace, h.Name, err)
+			}
+		}
+		n++
+		log.V(1).Info("released", "assignedIdentity", h.Namespace+"/"+h.Name)
+	}
+	return n, nil
+}

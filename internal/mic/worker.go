@@ -1,0 +1,617 @@
+package mic
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/cloud"
+	"github.com/podidentity/podidentity/internal/mic/desired"
+)
+
+// groupRun is one reconciliation of one VM/VMSS.
+type groupRun struct {
+	c     *Controller
+	key   string
+	res   cloud.Resource
+	snap  *snapshot
+	known cloud.Identities
+	fresh bool // known was read from ARM in this run
+	// failed maps identities whose assignment failed in this run (or are held) to the reason.
+	failed map[string]string
+	// notRemoved are identities whose removal failed: their AAIs stay until it succeeds.
+	notRemoved map[string]bool
+	requeue    time.Duration
+}
+
+func (r *groupRun) after(d time.Duration) {
+	if d > 0 && (r.requeue == 0 || d < r.requeue) {
+		r.requeue = d
+	}
+}
+
+// process reconciles one VM/VMSS (or the unresolved group) against the latest snapshot.
+func (c *Controller) process(ctx context.Context, key string) (time.Duration, error) {
+	snap := c.snap.Load()
+	if snap == nil {
+		return 0, nil
+	}
+	r := &groupRun{c: c, key: key, res: snap.res[key], snap: snap, failed: map[string]string{}, notRemoved: map[string]bool{}}
+	var want []*desired.AAI
+	var ids map[string]string
+	if g := snap.st.Groups[key]; g != nil {
+		want, ids = g.AAIs, g.Identities
+	}
+	have := c.ov.apply(snap.have[key], func(a *aadv1.AzureAssignedIdentity) bool {
+		c.mu.Lock()
+		n := c.nodeRes[a.Spec.NodeName]
+		c.mu.Unlock()
+		if n.Resource.IsZero() {
+			return key == desired.UnresolvedGroup
+		}
+		return n.Resource.Key() == key
+	})
+	ch := desired.Diff(want, have)
+	log := c.log.WithValues("resource", r.res.String())
+
+	var err error
+	var plan desired.Plan
+	if key != desired.UnresolvedGroup {
+		plan, err = r.planARM(ctx, ids)
+		if err != nil {
+			return 0, err
+		}
+	}
+	// Objects for new pairs are written while ARM works: Created when ARM must act first,
+	// Assigned at once when the identity is already there (one write, not two).
+	var wg sync.WaitGroup
+	var createErr error
+	known0, failed0 := r.known, maps.Clone(r.failed)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		createErr = r.writeNew(ctx, ch, known0, failed0)
+	}()
+	var armErr error
+	if !plan.Empty() {
+		armErr = r.apply(ctx, plan)
+	}
+	wg.Wait()
+	if createErr != nil {
+		return 0, createErr
+	}
+	if err := r.promote(ctx, ch, plan); err != nil {
+		return 0, err
+	}
+	if err := r.release(ctx, ch.Delete); err != nil {
+		return 0, err
+	}
+	if armErr != nil {
+		log.Error(armErr, "changing identities on the VM/VMSS failed")
+		return 0, armErr
+	}
+	return r.requeue, nil
+}
+
+func (c *Controller) gate(sub, kind string) time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if until, ok := c.gates[sub+"/"+kind]; ok {
+		if d := time.Until(until); d > 0 {
+			return d
+		}
+		delete(c.gates, sub+"/"+kind)
+	}
+	return 0
+}
+
+func (c *Controller) throttled(sub, kind string, retryAfter time.Duration) time.Duration {
+	if retryAfter <= 0 {
+		retryAfter = 10 * time.Second
+	}
+	c.mu.Lock()
+	c.gates[sub+"/"+kind] = time.Now().Add(retryAfter)
+	c.mu.Unlock()
+	c.log.Info("ARM throttled MIC; pausing this kind of call for the subscription", "subscription", sub, "kind", kind, "retryAfter", retryAfter)
+	return retryAfter
+}
+
+// read GETs the resource's identities, honouring a Retry-After gate.
+func (r *groupRun) read(ctx context.Context) (bool, error) {
+	c := r.c
+	if d := c.gate(r.res.SubscriptionID, "read"); d > 0 {
+		r.after(d)
+		return false, nil
+	}
+	ids, err := c.cloud.Get(ctx, r.res)
+	if err != nil {
+		var ce *cloud.Error
+		if errors.As(err, &ce) && errors.Is(err, cloud.ErrThrottled) {
+			r.after(c.throttled(r.res.SubscriptionID, "read", ce.RetryAfter))
+			return false, nil
+		}
+		r.warnAll(fmt.Sprintf("reading %s from ARM failed: %v; check that the VM/VMSS exists and MIC has Virtual Machine Contributor on it", r.res, err))
+		return false, fmt.Errorf("reading identities of %s: %w", r.res, err)
+	}
+	c.mu.Lock()
+	c.known[r.key] = &knownState{ids: ids}
+	c.mu.Unlock()
+	r.known, r.fresh = ids, true
+	return true, nil
+}
+
+// planARM decides the identity change, reading ARM only when the last known state is missing
+// or stale, or a change is about to be sent (so the PATCH type never drops an identity someone
+// else added meanwhile).
+func (r *groupRun) planARM(ctx context.Context, desiredIDs map[string]string) (desired.Plan, error) {
+	c := r.c
+	owned, err := c.own.get(ctx, r.res)
+	if err != nil {
+		return desired.Plan{}, err
+	}
+	c.mu.Lock()
+	k := c.known[r.key]
+	c.mu.Unlock()
+	if len(desiredIDs) == 0 && len(owned) == 0 {
+		return desired.Plan{}, nil
+	}
+	if k == nil || k.stale {
+		ok, err := r.read(ctx)
+		if err != nil || !ok {
+			return desired.Plan{}, err
+		}
+	} else {
+		r.known = k.ids
+	}
+	in := desired.PlanInput{Desired: desiredIDs, Owned: owned, Immutable: c.imm, Current: r.known,
+		Hold: func(id string) bool {
+			h, why := c.q.held(r.key, id)
+			if h {
+				r.failed[id] = why
+			}
+			return h
+		}}
+	plan := desired.PlanIdentities(in)
+	if !plan.Empty() && !r.fresh {
+		ok, err := r.read(ctx)
+		if err != nil || !ok {
+			return desired.Plan{}, err
+		}
+		in.Current = r.known
+		plan = desired.PlanIdentities(in)
+	}
+	if len(plan.Held) > 0 {
+		var soonest time.Duration
+		for _, id := range plan.Held {
+			until := c.q.untilOf(r.key, id)
+			if d := time.Until(until); d > 0 && (soonest == 0 || d < soonest) {
+				soonest = d
+			}
+		}
+		r.after(soonest + 10*time.Millisecond)
+	}
+	// Identities MIC owned that are gone (removed out of band) and no longer wanted: forget them.
+	var gone []string
+	for id := range owned {
+		if _, want := desiredIDs[id]; !want && !r.known.Has(id) {
+			gone = append(gone, id)
+		}
+	}
+	if len(gone) > 0 && r.fresh {
+		if err := c.own.change(ctx, r.res, nil, gone); err != nil {
+			return desired.Plan{}, err
+		}
+	}
+	if !plan.Empty() {
+		add := map[string]string{}
+		for _, id := range plan.Add {
+			add[id] = desiredIDs[id]
+		}
+		// Recorded before the PATCH: a crash in between must not leave an identity MIC forgot.
+		if err := c.own.change(ctx, r.res, add, nil); err != nil {
+			return desired.Plan{}, err
+		}
+	}
+	return plan, nil
+}
+
+// apply sends the plan in chunks. Identities ARM refuses by name are quarantined and the rest
+// retried at once; throttling pauses the subscription's writes until Retry-After.
+func (r *groupRun) apply(ctx context.Context, plan desired.Plan) error {
+	c := r.c
+	if d := c.gate(r.res.SubscriptionID, "write"); d > 0 {
+		r.after(d)
+		for _, id := range plan.Add {
+			r.failed[id] = "ARM throttled MIC; waiting for Retry-After"
+		}
+		for _, id := range plan.Remove {
+			r.notRemoved[id] = true
+		}
+		return nil
+	}
+	for _, chunk := range desired.Chunk(plan, c.o.ChunkSize) {
+		for attempt := 0; len(chunk.Add)+len(chunk.Remove) > 0; attempt++ {
+			err := c.cloud.Update(ctx, r.res, cloud.Update{Add: chunk.Add, Remove: chunk.Remove, Current: r.known})
+			if err == nil {
+				r.applied(ctx, chunk)
+				break
+			}
+			var ce *cloud.Error
+			errors.As(err, &ce)
+			switch {
+			case errors.Is(err, cloud.ErrIdentity) && attempt <= len(plan.Add)+len(plan.Remove):
+				bad := map[string]bool{}
+				for _, id := range ce.Identities {
+					bad[id] = true
+				}
+				var keepAdd []string
+				for _, id := range chunk.Add {
+					if bad[id] {
+						until := c.q.hold(r.key, id, fmt.Sprintf("%s %s", ce.Code, shorten(ce.Message)))
+						r.failed[id] = fmt.Sprintf("ARM refused identity %s on %s (%s); held until %s. Check that the identity exists and that MIC's identity has the Managed Identity Operator role on it",
+							id, r.res, ce.Code, until.Format(time.RFC3339))
+						r.after(time.Until(until) + 10*time.Millisecond)
+					} else {
+						keepAdd = append(keepAdd, id)
+					}
+				}
+				keepRemove := slices.DeleteFunc(slices.Clone(chunk.Remove), func(id string) bool {
+					if bad[id] {
+						r.notRemoved[id] = true
+					}
+					return bad[id]
+				})
+				if len(keepAdd) == len(chunk.Add) && len(keepRemove) == len(chunk.Remove) {
+					// The error named none of ours: treat as a plain failure.
+					r.failChunk(chunk, err)
+					return err
+				}
+				chunk = desired.Plan{Add: keepAdd, Remove: keepRemove}
+				c.log.Info("ARM refused identities; retrying the others at once", "resource", r.res.String(), "refused", ce.Identities)
+				continue
+			case errors.Is(err, cloud.ErrThrottled):
+				r.after(c.throttled(r.res.SubscriptionID, "write", ce.RetryAfter))
+				r.failChunk(chunk, err)
+				r.markStale()
+				return nil
+			case errors.Is(err, cloud.ErrConflict) && ce != nil && ce.Code == "AnotherOperationInProgress":
+				// Someone else's operation runs on the resource; come back shortly.
+				r.failChunk(chunk, err)
+				r.markStale()
+				r.after(2 * time.Second)
+				return nil
+			default:
+				r.failChunk(chunk, err)
+				r.markStale()
+				return fmt.Errorf("updating identities of %s: %w", r.res, err)
+			}
+		}
+	}
+	return nil
+}
+
+func shorten(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "…"
+	}
+	return s
+}
+
+func (r *groupRun) failChunk(chunk desired.Plan, err error) {
+	for _, id := range chunk.Add {
+		if _, ok := r.failed[id]; !ok {
+			r.failed[id] = fmt.Sprintf("assigning to %s failed: %v", r.res, err)
+		}
+	}
+	for _, id := range chunk.Remove {
+		r.notRemoved[id] = true
+	}
+}
+
+func (r *groupRun) markStale() {
+	r.c.mu.Lock()
+	if k := r.c.known[r.key]; k != nil {
+		k.stale = true
+	}
+	r.c.mu.Unlock()
+}
+
+// applied records a successful PATCH in the known state and the ownership record.
+func (r *groupRun) applied(ctx context.Context, chunk desired.Plan) {
+	c := r.c
+	next := cloud.Identities{SystemAssigned: r.known.SystemAssigned, UserAssigned: make(map[string]string, len(r.known.UserAssigned)+len(chunk.Add))}
+	for k, v := range r.known.UserAssigned {
+		next.UserAssigned[k] = v
+	}
+	for _, id := range chunk.Remove {
+		delete(next.UserAssigned, id)
+	}
+	for _, id := range chunk.Add {
+		next.UserAssigned[id] = ""
+		c.q.release(r.key, id)
+	}
+	r.known = next
+	c.mu.Lock()
+	c.known[r.key] = &knownState{ids: next}
+	c.mu.Unlock()
+	if len(chunk.Remove) > 0 {
+		if err := c.own.change(ctx, r.res, nil, chunk.Remove); err != nil {
+			// The identity is gone from ARM; a stale record entry is harmless (removal of an
+			// absent identity is skipped) and is cleaned up on the next read.
+			c.log.Error(err, "updating the ownership record after a removal")
+		}
+	}
+}
+
+// stateFor is the status an AAI for a should have now.
+func (r *groupRun) stateFor(a *desired.AAI) aadv1.AssignedIdentityState {
+	return r.stateWith(a, r.known, r.failed)
+}
+
+func (r *groupRun) stateWith(a *desired.AAI, known cloud.Identities, failed map[string]string) aadv1.AssignedIdentityState {
+	if !a.NeedsAzure() {
+		return aadv1.AssignedIDAssigned
+	}
+	if r.key != desired.UnresolvedGroup && known.Has(a.IdentityID()) {
+		if _, bad := failed[a.IdentityID()]; !bad {
+			return aadv1.AssignedIDAssigned
+		}
+	}
+	return aadv1.AssignedIDCreated
+}
+
+func (r *groupRun) group(ctx context.Context) *errgroup.Group {
+	g, _ := errgroup.WithContext(ctx)
+	g.SetLimit(r.c.o.KubeWrites)
+	return g
+}
+
+// writeNew creates missing AAIs and updates outdated ones, in the state ARM allows now.
+// It runs while apply changes r.known and r.failed, so it works on copies taken before.
+func (r *groupRun) writeNew(ctx context.Context, ch desired.Changes, known cloud.Identities, failed map[string]string) error {
+	g := r.group(ctx)
+	for _, a := range ch.Create {
+		g.Go(func() error { return r.c.create(ctx, a, r.stateWith(a, known, failed)) })
+	}
+	for _, p := range ch.Update {
+		g.Go(func() error { return r.c.update(ctx, p.Want, p.Have, r.stateWith(p.Want, known, failed)) })
+	}
+	return g.Wait()
+}
+
+// promote moves AAIs to Assigned once ARM confirmed, and warns about the ones that cannot be.
+func (r *groupRun) promote(ctx context.Context, ch desired.Changes, plan desired.Plan) error {
+	g := r.group(ctx)
+	todo := make([]desired.Pair, 0, len(ch.Keep)+len(ch.Create)+len(ch.Update))
+	todo = append(todo, ch.Keep...)
+	for _, a := range ch.Create {
+		todo = append(todo, desired.Pair{Want: a})
+	}
+	todo = append(todo, ch.Update...)
+	warned := map[string]bool{}
+	for _, p := range todo {
+		want := r.stateFor(p.Want)
+		cur := r.c.written(p.Want.Key, p.Have)
+		if cur == nil {
+			continue
+		}
+		if cur.Status.Status == aadv1.AssignedIDCreated && want == aadv1.AssignedIDAssigned {
+			g.Go(func() error { return r.c.setStatus(ctx, p.Want, cur, aadv1.AssignedIDAssigned) })
+			continue
+		}
+		if want == aadv1.AssignedIDCreated && cur.Status.Status == aadv1.AssignedIDCreated {
+			id := p.Want.IdentityID()
+			why := r.failed[id]
+			if why == "" && r.key == desired.UnresolvedGroup {
+				why = fmt.Sprintf("node %s of this pod maps to no Azure VM or VMSS yet", p.Want.NodeName)
+			}
+			if why == "" {
+				if w := r.c.q.reason(r.key, id); w != "" {
+					why = w
+				}
+			}
+			if why != "" && !warned[p.Want.Key.String()] {
+				warned[p.Want.Key.String()] = true
+				r.c.warnPair(p.Want, r.snap, "assignment failed: "+why)
+			}
+		}
+	}
+	return g.Wait()
+}
+
+// release deletes AAIs that are no longer desired: Unassigned and finalizer removed in one
+// write, then deleted. An AAI whose identity MIC failed to remove stays until removal works.
+func (r *groupRun) release(ctx context.Context, dels []*aadv1.AzureAssignedIdentity) error {
+	g := r.group(ctx)
+	for _, h := range dels {
+		if id := desired.IdentityIDOf(h); id != "" && r.notRemoved[id] {
+			continue
+		}
+		g.Go(func() error { return r.c.remove(ctx, h) })
+	}
+	return g.Wait()
+}
+
+// warnAll puts a Warning event on every binding used on this resource.
+func (r *groupRun) warnAll(msg string) {
+	g := r.snap.st.Groups[r.key]
+	if g == nil {
+		return
+	}
+	seen := map[string]bool{}
+	for _, a := range g.AAIs {
+		k := a.Binding.Namespace + "/" + a.Binding.Name
+		if !seen[k] {
+			seen[k] = true
+			r.c.rec.Eventf(a.Binding, nil, corev1.EventTypeWarning, "AssignmentFailed", "Assign", "%s", msg)
+		}
+	}
+}
+
+func (c *Controller) warnPair(a *desired.AAI, s *snapshot, msg string) {
+	k := "warn|" + a.Key.String() + "|" + msg
+	c.mu.Lock()
+	seen := c.reported[k]
+	c.reported[k] = true
+	c.mu.Unlock()
+	if seen {
+		return
+	}
+	c.log.Info(msg, "pod", a.PodNamespace+"/"+a.PodName, "identity", a.Identity.Namespace+"/"+a.Identity.Name)
+	c.rec.Eventf(refObject("Pod", desired.Key{Namespace: a.PodNamespace, Name: a.PodName}, s.pods[desired.Key{Namespace: a.PodNamespace, Name: a.PodName}]),
+		nil, corev1.EventTypeWarning, "AssignmentFailed", "Assign", "identity %s/%s: %s", a.Identity.Namespace, a.Identity.Name, msg)
+	c.rec.Eventf(a.Binding, nil, corev1.EventTypeWarning, "AssignmentFailed", "Assign", "pod %s/%s, identity %s: %s", a.PodNamespace, a.PodName, a.Identity.Name, msg)
+}
+
+// written returns the freshest object MIC knows for k: its own last write, else have.
+func (c *Controller) written(k desired.Key, have *aadv1.AzureAssignedIdentity) *aadv1.AzureAssignedIdentity {
+	c.ov.mu.Lock()
+	defer c.ov.mu.Unlock()
+	if w, ok := c.ov.m[k]; ok {
+		if w.obj == nil {
+			return nil
+		}
+		if have == nil || rvOf(have) < w.rv {
+			return w.obj
+		}
+	}
+	return have
+}
+
+func (c *Controller) assigned(a *desired.AAI, s *snapshot) {
+	c.mu.Lock()
+	t, ok := c.firstSeen[a.Key]
+	delete(c.firstSeen, a.Key)
+	c.mu.Unlock()
+	if ok {
+		c.m.AssignLatency.Observe(time.Since(t).Seconds())
+	}
+	pk := desired.Key{Namespace: a.PodNamespace, Name: a.PodName}
+	c.rec.Eventf(refObject("Pod", pk, s.pods[pk]), nil, corev1.EventTypeNormal, "IdentityAssigned", "Assign",
+		"identity %s/%s assigned", a.Identity.Namespace, a.Identity.Name)
+}
+
+func (c *Controller) create(ctx context.Context, a *desired.AAI, state aadv1.AssignedIdentityState) error {
+	obj := a.Object(state)
+	start := time.Now()
+	err := c.c.Create(ctx, obj)
+	if apierrors.IsAlreadyExists(err) {
+		// The cache lagged behind someone's write: update the existing object instead.
+		cur := &aadv1.AzureAssignedIdentity{}
+		if gerr := c.api.Get(ctx, client.ObjectKeyFromObject(obj), cur); gerr != nil {
+			return fmt.Errorf("reading AzureAssignedIdentity %s after AlreadyExists: %w", a.Key, gerr)
+		}
+		return c.update(ctx, a, cur, state)
+	}
+	if err != nil {
+		c.m.KubeErrors.WithLabelValues("assigned_identity_addition").Inc()
+		if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) {
+			// Namespace gone or terminating: nothing to create.
+			c.log.V(1).Info("cannot create AzureAssignedIdentity", "name", a.Key.String(), "error", err.Error())
+			return nil
+		}
+		return fmt.Errorf("creating AzureAssignedIdentity %s: %w", a.Key, err)
+	}
+	c.m.AddDuration.Observe(time.Since(start).Seconds())
+	c.m.AddCount.Inc()
+	c.ov.put(obj)
+	if state == aadv1.AssignedIDAssigned {
+		c.assigned(a, c.snap.Load())
+	}
+	return nil
+}
+
+func (c *Controller) update(ctx context.Context, a *desired.AAI, have *aadv1.AzureAssignedIdentity, state aadv1.AssignedIdentityState) error {
+	for attempt := 0; ; attempt++ {
+		obj := a.Object(state)
+		obj.ResourceVersion = have.ResourceVersion
+		obj.Annotations = have.Annotations
+		obj.Finalizers = have.Finalizers
+		if !slices.Contains(obj.Finalizers, aadv1.AssignedIdentityFinalizer) {
+			obj.Finalizers = append(slices.Clone(obj.Finalizers), aadv1.AssignedIdentityFinalizer)
+		}
+		start := time.Now()
+		err := c.c.Update(ctx, obj)
+		if apierrors.IsConflict(err) && attempt == 0 {
+			cur := &aadv1.AzureAssignedIdentity{}
+			if gerr := c.api.Get(ctx, client.ObjectKeyFromObject(obj), cur); gerr != nil {
+				return fmt.Errorf("re-reading AzureAssignedIdentity %s after a conflict: %w", a.Key, gerr)
+			}
+			have = cur
+			continue
+		}
+		if apierrors.IsNotFound(err) {
+			return nil // deleted meanwhile; the next pass re-creates it
+		}
+		if err != nil {
+			c.m.KubeErrors.WithLabelValues("assigned_identity_update").Inc()
+			return fmt.Errorf("updating AzureAssignedIdentity %s: %w", a.Key, err)
+		}
+		c.m.UpdDuration.Observe(time.Since(start).Seconds())
+		c.m.UpdCount.Inc()
+		c.ov.put(obj)
+		if state == aadv1.AssignedIDAssigned {
+			c.assigned(a, c.snap.Load())
+		}
+		return nil
+	}
+}
+
+func (c *Controller) setStatus(ctx context.Context, a *desired.AAI, have *aadv1.AzureAssignedIdentity, state aadv1.AssignedIdentityState) error {
+	obj := have.DeepCopy()
+	obj.Status.Status = state
+	obj.Status.AvailableReplicas = 1
+	start := time.Now()
+	if err := c.c.Patch(ctx, obj, client.MergeFrom(have)); err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		c.m.KubeErrors.WithLabelValues("update_azure_assigned_identity_status").Inc()
+		return fmt.Errorf("setting AzureAssignedIdentity %s to %s: %w", a.Key, state, err)
+	}
+	c.m.UpdDuration.Observe(time.Since(start).Seconds())
+	c.m.UpdCount.Inc()
+	c.ov.put(obj)
+	if state == aadv1.AssignedIDAssigned {
+		c.assigned(a, c.snap.Load())
+	}
+	return nil
+}
+
+// remove marks an AAI Unassigned and drops MIC's finalizer in one write, then deletes it.
+func (c *Controller) remove(ctx context.Context, have *aadv1.AzureAssignedIdentity) error {
+	start := time.Now()
+	obj := have.DeepCopy()
+	obj.Status.Status = aadv1.AssignedIDUnassigned
+	obj.Finalizers = slices.DeleteFunc(obj.Finalizers, func(f string) bool { return f == aadv1.AssignedIdentityFinalizer })
+	k := desired.Key{Namespace: have.Namespace, Name: have.Name}
+	if err := c.c.Patch(ctx, obj, client.MergeFrom(have)); err != nil {
+		if apierrors.IsNotFound(err) {
+			c.ov.deleted(k, rvOf(have))
+			return nil
+		}
+		c.m.KubeErrors.WithLabelValues("assigned_identity_deletion").Inc()
+		return fmt.Errorf("releasing AzureAssignedIdentity %s: %w", k, err)
+	}
+	if obj.DeletionTimestamp == nil {
+		if err := c.c.Delete(ctx, obj); err != nil && !apierrors.IsNotFound(err) {
+			c.m.KubeErrors.WithLabelValues("assigned_identity_deletion").Inc()
+			return fmt.Errorf("deleting AzureAssignedIdentity %s: %w", k, err)
+		}
+	}
+	c.ov.deleted(k, rvOf(obj))
+	c.m.DelDuration.Observe(time.Since(start).Seconds())
+	c.m.DelCount.Inc()
+	c.log.V(1).Info("released", "assignedIdentity", k.String())
+	return nil
+}
