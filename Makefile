@@ -49,3 +49,7 @@ lint: $(STATICCHECK) ## go vet and staticcheck.
 .PHONY: test
 test: verify control-plane ## Run every test against a real kube-apiserver and the Azure emulator.
 	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) go test $(GO_TEST_FLAGS) ./...
+
+.PHONY: manifests
+manifests: ## Regenerate the chart's CRD copies and the plain manifests in deploy/ from charts/podidentity.
+	go run ./hack/gen-manifests

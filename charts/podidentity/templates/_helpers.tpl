@@ -1,0 +1,102 @@
+{{/*
+Names. Objects are called <fullname>-mic and <fullname>-nmi; fullname is the release name unless
+it already contains the chart name, so `helm install podidentity` gives podidentity-mic.
+*/}}
+{{- define "podidentity.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "podidentity.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 59 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 59 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 59 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "podidentity.mic.fullname" -}}{{ include "podidentity.fullname" . }}-mic{{- end -}}
+{{- define "podidentity.nmi.fullname" -}}{{ include "podidentity.fullname" . }}-nmi{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "podidentity.labels" -}}
+app.kubernetes.io/name: {{ include "podidentity.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "podidentity.versionLabels" . }}
+{{- end -}}
+
+{{/* The labels of podidentity.labels that are not selector labels (they change on upgrade). */}}
+{{- define "podidentity.versionLabels" -}}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/*
+Selector labels per component. The component label is also what the MIC
+AzurePodIdentityException matches, so it must stay on MIC's pods.
+*/}}
+{{- define "podidentity.mic.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "podidentity.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: mic
+{{- end -}}
+
+{{- define "podidentity.nmi.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "podidentity.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: nmi
+{{- end -}}
+
+{{/*
+Booleans that aad-pod-identity's chart kept as strings ("true"/"false"); both forms mean the same.
+*/}}
+{{- define "podidentity.bool" -}}
+{{- if eq (toString .) "true" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "podidentity.forceNamespaced" -}}
+{{- if or (include "podidentity.bool" .Values.forceNamespaced) (include "podidentity.managed" .) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "podidentity.managed" -}}
+{{- if eq (lower (toString .Values.operationMode)) "managed" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "podidentity.useAdminSecret" -}}
+{{- if .Values.adminsecret -}}true{{- end -}}
+{{- end -}}
+
+{{- define "podidentity.adminSecretName" -}}{{ include "podidentity.fullname" . }}-admin-secret{{- end -}}
+
+{{- define "podidentity.image" -}}
+{{- $c := index . 1 -}}
+{{- printf "%s/%s:%s" (trimSuffix "/" (index . 0).Values.image.repository) $c.image (default (index . 0).Chart.AppVersion (toString $c.tag)) -}}
+{{- end -}}
+
+{{- define "podidentity.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.mic.leaderElection.namespace -}}
+{{- end -}}
+
+{{- define "podidentity.micNamespace" -}}
+{{- default .Release.Namespace .Values.nmi.micNamespace -}}
+{{- end -}}
+
+{{/*
+Refuse values that can no longer work, with the fix in the message.
+*/}}
+{{- define "podidentity.validate" -}}
+{{- if include "podidentity.bool" .Values.rbac.pspEnabled -}}
+{{- fail "rbac.pspEnabled=true: PodSecurityPolicy was removed in Kubernetes 1.25. Remove the value and label the release namespace for Pod Security Admission instead (pod-security.kubernetes.io/enforce=privileged, because NMI uses the host network)." -}}
+{{- end -}}
+{{- if not (has (lower (toString .Values.operationMode)) (list "standard" "managed")) -}}
+{{- fail (printf "operationMode=%q: use \"standard\" or \"managed\"" (toString .Values.operationMode)) -}}
+{{- end -}}
+{{- if and .Values.rbac.secretNamespaces (not (include "podidentity.bool" .Values.rbac.allowAccessToSecrets)) -}}
+{{- fail "rbac.secretNamespaces is set but rbac.allowAccessToSecrets is false: enable allowAccessToSecrets, or empty secretNamespaces" -}}
+{{- end -}}
+{{- end -}}

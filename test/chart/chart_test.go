@@ -1,0 +1,558 @@
+// Package chart_test renders and lints charts/podidentity with Helm's Go library, applies every
+// rendered object to a real kube-apiserver (server-side apply), and asks that apiserver what the
+// MIC and NMI ServiceAccounts are allowed to do with the RBAC the chart grants.
+package chart_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/chartrender"
+	"github.com/podidentity/podidentity/internal/testenv"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) { os.Exit(testenv.Main(m, &env)) }
+
+// scenario is one way users install the chart.
+type scenario struct {
+	name string
+	file string // under testdata; empty means the chart defaults
+}
+
+var scenarios = []scenario{
+	{"default", ""},
+	{"upstream-values", "upstream-values.yaml"},
+	{"managed", "managed.yaml"},
+	{"namespaced", "namespaced.yaml"},
+	{"everything", "everything.yaml"},
+}
+
+func readValues(t *testing.T, file string) map[string]any {
+	t.Helper()
+	if file == "" {
+		return map[string]any{}
+	}
+	v, err := chartrender.ReadValuesFile(filepath.Join("testdata", file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+var loadOnce = sync.OnceValues(chartrender.Load)
+
+func render(t *testing.T, release, namespace string, vals map[string]any) []chartrender.Object {
+	t.Helper()
+	ch, err := loadOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := chartrender.Render(ch, chartrender.Options{ReleaseName: release, Namespace: namespace, Values: vals})
+	if err != nil {
+		t.Fatalf("rendering the chart: %v", err)
+	}
+	return objs
+}
+
+func find(objs []chartrender.Object, kind, nameSuffix string) *chartrender.Object {
+	for i := range objs {
+		if objs[i].Kind == kind && strings.HasSuffix(objs[i].Name, nameSuffix) {
+			return &objs[i]
+		}
+	}
+	return nil
+}
+
+func decode[T any](t *testing.T, o *chartrender.Object) *T {
+	t.Helper()
+	if o == nil {
+		t.Fatalf("object not rendered")
+	}
+	var v T
+	// Strict: a misspelt field in a template must fail here, not be dropped silently.
+	if err := yaml.UnmarshalStrict([]byte(o.YAML), &v); err != nil {
+		t.Fatalf("%s %s from %s: %v", o.Kind, o.Name, o.Source, err)
+	}
+	return &v
+}
+
+func TestLint(t *testing.T) {
+	for _, s := range scenarios {
+		t.Run(s.name, func(t *testing.T) {
+			msgs, err := chartrender.Lint(readValues(t, s.file), "podidentity")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range msgs {
+				t.Errorf("helm lint: %s", m)
+			}
+		})
+	}
+}
+
+func TestSchemaRejectsTyposAndRemovedFeatures(t *testing.T) {
+	ch, err := loadOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		values string
+		want   string
+	}{
+		{"top-level typo", "forceNamespace: true", "forceNamespace"},
+		{"nested typo", "nmi:\n  metadataHeaderRequird: false", "metadataHeaderRequird"},
+		{"wrong type", "mic:\n  replicas: two", "replicas"},
+		{"bad boolean string", `forceNamespaced: "yes"`, "forceNamespaced"},
+		{"bad mode", "operationMode: hybrid", "operationMode"},
+		{"bad duration", "mic:\n  syncRetryDuration: 1 hour", "syncRetryDuration"},
+		{"identity without client ID", "azureIdentities:\n  x:\n    type: 0", "clientID"},
+		{"PodSecurityPolicy", "rbac:\n  pspEnabled: true", "PodSecurityPolicy was removed"},
+		{"secret namespaces without secret access", "rbac:\n  allowAccessToSecrets: false\n  secretNamespaces: [a]", "allowAccessToSecrets"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var vals map[string]any
+			if err := yaml.Unmarshal([]byte(c.values), &vals); err != nil {
+				t.Fatal(err)
+			}
+			_, err := chartrender.Render(ch, chartrender.Options{ReleaseName: "r", Namespace: "n", Values: vals})
+			if err == nil {
+				t.Fatalf("values %q were accepted; want an error naming %q", c.values, c.want)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error does not name %q:\n%v", c.want, err)
+			}
+		})
+	}
+}
+
+func args(t *testing.T, objs []chartrender.Object, kind string) []string {
+	t.Helper()
+	switch kind {
+	case "Deployment":
+		d := decode[appsv1.Deployment](t, find(objs, kind, "-mic"))
+		return d.Spec.Template.Spec.Containers[0].Args
+	default:
+		d := decode[appsv1.DaemonSet](t, find(objs, kind, "-nmi"))
+		return d.Spec.Template.Spec.Containers[0].Args
+	}
+}
+
+func env0(c corev1.Container, name string) (string, bool) {
+	for _, e := range c.Env {
+		if e.Name == name {
+			return e.Value, true
+		}
+	}
+	return "", false
+}
+
+func wantArgs(t *testing.T, what string, got []string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("%s args lack %s; got %q", what, w, got)
+		}
+	}
+}
+
+func noArgPrefix(t *testing.T, what string, got []string, prefixes ...string) {
+	t.Helper()
+	for _, a := range got {
+		for _, p := range prefixes {
+			if strings.HasPrefix(a, p) {
+				t.Errorf("%s args contain %s", what, a)
+			}
+		}
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	objs := render(t, "podidentity", "podidentity", nil)
+	mic := decode[appsv1.Deployment](t, find(objs, "Deployment", "-mic"))
+	if *mic.Spec.Replicas != 2 || mic.Spec.Template.Spec.Affinity.PodAntiAffinity == nil {
+		t.Errorf("MIC: want 2 replicas spread by anti-affinity, got %d, %+v", *mic.Spec.Replicas, mic.Spec.Template.Spec.Affinity)
+	}
+	mc := mic.Spec.Template.Spec.Containers[0]
+	if mc.ReadinessProbe.HTTPGet.Path != "/readyz" || mc.LivenessProbe.HTTPGet.Path != "/healthz" {
+		t.Errorf("MIC probes: readiness %s, liveness %s", mc.ReadinessProbe.HTTPGet.Path, mc.LivenessProbe.HTTPGet.Path)
+	}
+	wantArgs(t, "MIC", mc.Args, "--cloudconfig=/etc/kubernetes/azure.json", "--http-probe-port=8080",
+		"--prometheus-port=8888", "--leader-election-namespace=podidentity")
+	if _, ok := env0(mc, "FORCENAMESPACED"); ok {
+		t.Errorf("MIC: FORCENAMESPACED set by default")
+	}
+
+	nmi := decode[appsv1.DaemonSet](t, find(objs, "DaemonSet", "-nmi"))
+	ps := nmi.Spec.Template.Spec
+	nc := ps.Containers[0]
+	if !ps.HostNetwork || ps.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
+		t.Errorf("NMI must use the host network with ClusterFirstWithHostNet DNS")
+	}
+	caps := nc.SecurityContext.Capabilities
+	if !slices.Equal(caps.Drop, []corev1.Capability{"ALL"}) || !slices.Equal(caps.Add, []corev1.Capability{"NET_ADMIN", "NET_RAW"}) {
+		t.Errorf("NMI capabilities: drop %v add %v; want drop ALL, add only NET_ADMIN and NET_RAW", caps.Drop, caps.Add)
+	}
+	var lock bool
+	for _, v := range ps.Volumes {
+		lock = lock || (v.HostPath != nil && v.HostPath.Path == "/run/xtables.lock")
+	}
+	if !lock {
+		t.Errorf("NMI does not mount /run/xtables.lock")
+	}
+	if e := nc.Env[0]; e.Name != "NODE_NAME" || e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Errorf("NMI: NODE_NAME must come from spec.nodeName, got %+v", e)
+	}
+	wantArgs(t, "NMI", nc.Args, "--node=$(NODE_NAME)", "--http-probe-port=8085", "--prometheus-port=9090", "--MICNamespace=podidentity")
+	// Defaults equal the binaries' defaults, so the chart does not repeat them.
+	noArgPrefix(t, "NMI", nc.Args, "--metadata-header-required", "--enableScaleFeatures", "--operation-mode", "--block-instance-metadata")
+
+	if ex := find(objs, "AzurePodIdentityException", "-mic"); ex == nil {
+		t.Errorf("the MIC AzurePodIdentityException is missing")
+	} else {
+		e := decode[aadv1.AzurePodIdentityException](t, ex)
+		for k, v := range e.Spec.PodLabels {
+			if mic.Spec.Template.Labels[k] != v {
+				t.Errorf("MIC exception label %s=%s is not on MIC's pods", k, v)
+			}
+			if nmi.Spec.Template.Labels[k] == v {
+				t.Errorf("MIC exception label %s=%s also matches NMI's pods", k, v)
+			}
+		}
+	}
+	if ex := find(objs, "AzurePodIdentityException", "aks-addon-exception"); ex == nil || ex.Namespace != "kube-system" {
+		t.Errorf("the AKS add-on exception is missing from kube-system")
+	}
+	for _, kind := range []string{"PodDisruptionBudget", "Secret", "ServiceMonitor", "AzureIdentity"} {
+		if o := find(objs, kind, ""); o != nil {
+			t.Errorf("default values render an optional %s %s", kind, o.Name)
+		}
+	}
+}
+
+func TestUpstreamValuesBecomeFlags(t *testing.T) {
+	objs := render(t, "aad-pod-identity", "kube-system", readValues(t, "upstream-values.yaml"))
+	wantArgs(t, "MIC", args(t, objs, "Deployment"),
+		"--syncRetryDuration=3600s", "--immutable-user-msis=00000000-0000-0000-0000-000000000001,00000000-0000-0000-0000-000000000002",
+		"--createDeleteBatch=20", "--clientQps=5", "--update-user-msi-max-retry=2", "--update-user-msi-retry-interval=1s",
+		"--identity-assignment-reconcile-interval=3m", "--leader-election-name=aad-pod-identity-mic",
+		"--leader-election-duration=15s", "--custom-user-agent=contoso-prod", "--v=2", "--log-format=json",
+		"--leader-election-namespace=kube-system")
+	wantArgs(t, "NMI", args(t, objs, "DaemonSet"),
+		"--ipt-update-interval-sec=60", "--retry-attempts-for-created=16", "--retry-attempts-for-assigned=4",
+		"--find-identity-retry-interval=5", "--block-instance-metadata=true", "--enable-conntrack-deletion=true",
+		"--MICNamespace=kube-system", "--kubelet-config=/etc/default/kubelet", "--v=1")
+	mic := decode[appsv1.Deployment](t, find(objs, "Deployment", "-mic"))
+	if got := mic.Spec.Template.Spec.Containers[0].Image; got != "contoso.azurecr.io/podidentity/mic:v0.1.0" {
+		t.Errorf("MIC image %s", got)
+	}
+	if pdb := find(objs, "PodDisruptionBudget", "-mic"); pdb == nil {
+		t.Errorf("mic.podDisruptionBudget did not render a PodDisruptionBudget")
+	}
+	id := decode[aadv1.AzureIdentity](t, find(objs, "AzureIdentity", "demo-identity"))
+	b := decode[aadv1.AzureIdentityBinding](t, find(objs, "AzureIdentityBinding", "demo-identity-binding"))
+	if id.Namespace != "kube-system" || id.Spec.ClientID != "6c3c3f6e-7e0a-4f5b-9d3a-0a1b2c3d4e5f" ||
+		b.Spec.AzureIdentity != "demo-identity" || b.Spec.Selector != "demo" {
+		t.Errorf("azureIdentities rendered %+v / %+v", id, b)
+	}
+	for _, suffix := range []string{"-view", "-edit"} {
+		if find(objs, "ClusterRole", suffix) == nil {
+			t.Errorf("rbac.createUserFacingClusterRoles did not render the %s ClusterRole", suffix)
+		}
+	}
+}
+
+func TestManagedMode(t *testing.T) {
+	objs := render(t, "podidentity", "podidentity", readValues(t, "managed.yaml"))
+	for _, o := range objs {
+		if strings.HasSuffix(o.Name, "-mic") || o.Kind == "Deployment" {
+			t.Errorf("managed mode renders MIC's %s %s", o.Kind, o.Name)
+		}
+	}
+	wantArgs(t, "NMI", args(t, objs, "DaemonSet"), "--operation-mode=managed", "--forceNamespaced=true")
+	noArgPrefix(t, "NMI", args(t, objs, "DaemonSet"), "--MICNamespace")
+}
+
+func TestNamespacedMode(t *testing.T) {
+	vals := readValues(t, "namespaced.yaml")
+	vals["rbac"].(map[string]any)["secretNamespaces"] = []any{"team-a", "team-b"}
+	objs := render(t, "podidentity", "podidentity", vals)
+	mic := decode[appsv1.Deployment](t, find(objs, "Deployment", "-mic"))
+	nmi := decode[appsv1.DaemonSet](t, find(objs, "DaemonSet", "-nmi"))
+	for what, c := range map[string]corev1.Container{"MIC": mic.Spec.Template.Spec.Containers[0], "NMI": nmi.Spec.Template.Spec.Containers[0]} {
+		if v, _ := env0(c, "FORCENAMESPACED"); v != "true" {
+			t.Errorf("%s: FORCENAMESPACED=%q, want true", what, v)
+		}
+	}
+	var roles []string
+	for _, o := range objs {
+		if o.Kind == "Role" && strings.HasSuffix(o.Name, "-nmi-secrets") {
+			roles = append(roles, o.Namespace)
+		}
+	}
+	if !slices.Equal(roles, []string{"team-a", "team-b"}) {
+		t.Errorf("NMI secret Roles in %v, want team-a and team-b", roles)
+	}
+	cr := decode[rbacv1.ClusterRole](t, find(objs, "ClusterRole", "-nmi"))
+	for _, r := range cr.Rules {
+		if slices.Contains(r.Resources, "secrets") {
+			t.Errorf("NMI's ClusterRole grants Secret access although secretNamespaces limits it")
+		}
+	}
+}
+
+// applier server-side applies objects and fails the test on any apiserver warning (unknown or
+// duplicate fields, deprecated APIs): Kubernetes accepts those but they mean the chart is wrong.
+type applier struct {
+	c        client.Client
+	mu       sync.Mutex
+	warnings []string
+}
+
+func (a *applier) HandleWarningHeaderWithContext(_ context.Context, _ int, _ string, text string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.warnings = append(a.warnings, text)
+}
+
+func newApplier(t *testing.T) *applier {
+	a := &applier{}
+	cfg := rest.CopyConfig(env.Config)
+	cfg.WarningHandlerWithContext = a
+	c, err := client.New(cfg, client.Options{Scheme: env.Scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.c = c
+	return a
+}
+
+func (a *applier) apply(t *testing.T, o chartrender.Object, dryRun bool) {
+	t.Helper()
+	js, err := yaml.YAMLToJSONStrict([]byte(o.YAML))
+	if err != nil {
+		t.Fatalf("%s %s (%s): %v", o.Kind, o.Name, o.Source, err)
+	}
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(js); err != nil {
+		t.Fatalf("%s %s: %v", o.Kind, o.Name, err)
+	}
+	opts := []client.ApplyOption{client.FieldOwner("podidentity-chart-test"), client.ForceOwnership}
+	if dryRun {
+		opts = append(opts, client.DryRunAll)
+	}
+	if err := a.c.Apply(testenv.Context(t), client.ApplyConfigurationFromUnstructured(u), opts...); err != nil {
+		t.Errorf("server-side apply of %s %s/%s (from %s): %v", o.Kind, o.Namespace, o.Name, o.Source, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, w := range a.warnings {
+		t.Errorf("apiserver warning for %s %s/%s (from %s): %s", o.Kind, o.Namespace, o.Name, o.Source, w)
+	}
+	a.warnings = nil
+}
+
+var serviceMonitorCRD = sync.OnceValue(func() error {
+	// The Prometheus Operator's CRD is not part of this project; a schemaless stand-in is enough to
+	// check the object is well-formed at the Kubernetes level and that its kind and group exist.
+	crd := &apiextensionsv1.CustomResourceDefinition{
+		ObjectMeta: metav1.ObjectMeta{Name: "servicemonitors.monitoring.coreos.com"},
+		Spec: apiextensionsv1.CustomResourceDefinitionSpec{
+			Group: "monitoring.coreos.com", Scope: apiextensionsv1.NamespaceScoped,
+			Names: apiextensionsv1.CustomResourceDefinitionNames{Plural: "servicemonitors", Singular: "servicemonitor", Kind: "ServiceMonitor", ListKind: "ServiceMonitorList"},
+			Versions: []apiextensionsv1.CustomResourceDefinitionVersion{{Name: "v1", Served: true, Storage: true,
+				Schema: &apiextensionsv1.CustomResourceValidation{OpenAPIV3Schema: &apiextensionsv1.JSONSchemaProps{
+					Type: "object", XPreserveUnknownFields: ptr(true)}}}},
+		},
+	}
+	c, err := client.New(env.Config, client.Options{Scheme: scheme()})
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if err := c.Create(ctx, crd); err != nil {
+		return err
+	}
+	// Wait until the apiserver serves the new kind (a state, not a time).
+	for {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(crd), crd); err != nil {
+			return err
+		}
+		for _, cond := range crd.Status.Conditions {
+			if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
+				return nil
+			}
+		}
+	}
+})
+
+func TestApplyToAPIServer(t *testing.T) {
+	if err := serviceMonitorCRD(); err != nil {
+		t.Fatalf("installing the ServiceMonitor stand-in CRD: %v", err)
+	}
+	for _, s := range scenarios {
+		t.Run(s.name, func(t *testing.T) {
+			ns := env.Namespace(t)
+			vals := readValues(t, s.file)
+			if s.name == "namespaced" {
+				vals["rbac"].(map[string]any)["secretNamespaces"] = []any{env.Namespace(t)}
+			}
+			a := newApplier(t)
+			objs := render(t, ns, ns, vals)
+			ch, _ := loadOnce()
+			crds, err := chartrender.Render(ch, chartrender.Options{ReleaseName: ns, Namespace: ns, Values: vals, IncludeCRDs: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(crds) != len(objs)+4 {
+				t.Errorf("IncludeCRDs added %d objects, want the 4 CRDs", len(crds)-len(objs))
+			}
+			for _, o := range crds {
+				a.apply(t, o, true)
+			}
+		})
+	}
+}
+
+// can asks the apiserver whether the ServiceAccount may do verb on resource (group/resource) in
+// namespace ("" for cluster scope): the same question `kubectl auth can-i --as` asks.
+func can(t *testing.T, saNamespace, sa, verb, group, resource, namespace string) bool {
+	t.Helper()
+	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User:   fmt.Sprintf("system:serviceaccount:%s:%s", saNamespace, sa),
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + saNamespace, "system:authenticated"},
+		ResourceAttributes: &authorizationv1.ResourceAttributes{
+			Namespace: namespace, Verb: verb, Group: group, Resource: resource},
+	}}
+	if err := env.Client.Create(testenv.Context(t), sar); err != nil {
+		t.Fatalf("SubjectAccessReview: %v", err)
+	}
+	return sar.Status.Allowed
+}
+
+type access struct {
+	sa, verb, group, resource, namespace string
+	want                                 bool
+}
+
+const aad = "aadpodidentity.k8s.io"
+
+func TestRBACGranted(t *testing.T) {
+	for _, s := range scenarios {
+		t.Run(s.name, func(t *testing.T) {
+			ns := env.Namespace(t)
+			other := env.Namespace(t)
+			secretNS := env.Namespace(t)
+			vals := readValues(t, s.file)
+			if s.name == "namespaced" {
+				vals["rbac"].(map[string]any)["secretNamespaces"] = []any{secretNS}
+			}
+			a := newApplier(t)
+			for _, o := range render(t, ns, ns, vals) {
+				switch o.Kind {
+				case "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding":
+					a.apply(t, o, false)
+				}
+			}
+			mic, nmi := ns+"-podidentity-mic", ns+"-podidentity-nmi"
+			managed := s.name == "managed"
+			checks := []access{
+				// NMI: read-only, and only what it watches.
+				{nmi, "watch", "", "pods", "", true},
+				{nmi, "list", aad, "azureidentities", "", true},
+				{nmi, "watch", aad, "azureidentitybindings", "", true},
+				{nmi, "watch", aad, "azurepodidentityexceptions", "", true},
+				{nmi, "watch", aad, "azureassignedidentities", "", !managed},
+				{nmi, "create", aad, "azureassignedidentities", other, false},
+				{nmi, "update", "", "pods", other, false},
+				{nmi, "list", "", "nodes", "", false},
+				{nmi, "list", "", "secrets", other, false},
+				{nmi, "create", aad, "azureidentities", other, false},
+			}
+			switch s.name {
+			case "default", "everything":
+				checks = append(checks, access{nmi, "get", "", "secrets", other, true})
+			case "upstream-values", "managed":
+				checks = append(checks, access{nmi, "get", "", "secrets", other, false})
+			case "namespaced":
+				checks = append(checks, access{nmi, "get", "", "secrets", secretNS, true},
+					access{nmi, "get", "", "secrets", other, false})
+			}
+			if !managed {
+				checks = append(checks,
+					access{mic, "list", "", "pods", "", true},
+					access{mic, "watch", "", "nodes", "", true},
+					access{mic, "watch", aad, "azureidentities", "", true},
+					access{mic, "watch", aad, "azureidentitybindings", "", true},
+					access{mic, "create", aad, "azureassignedidentities", other, true},
+					access{mic, "patch", aad, "azureassignedidentities", other, true},
+					access{mic, "delete", aad, "azureassignedidentities", other, true},
+					access{mic, "create", "", "events", other, true},
+					access{mic, "create", "events.k8s.io", "events", other, true},
+					access{mic, "create", "", "configmaps", ns, true},
+					access{mic, "update", "coordination.k8s.io", "leases", ns, true},
+					// Nothing beyond that.
+					access{mic, "create", "", "configmaps", other, false},
+					access{mic, "create", "coordination.k8s.io", "leases", other, false},
+					access{mic, "get", "", "secrets", ns, false},
+					access{mic, "update", aad, "azureidentities", other, false},
+					access{mic, "delete", "", "pods", other, false},
+					access{mic, "update", "", "nodes", "", false},
+				)
+			}
+			// The apiserver's RBAC authorizer reads from an informer cache, so fresh bindings take a
+			// moment to count. Wait until every grant the chart must make is visible (or the test
+			// context ends, which then reports the missing grants below); denials are judged after.
+			ctx := testenv.Context(t)
+			for ctx.Err() == nil {
+				visible := true
+				for _, c := range checks {
+					if c.want && !can(t, ns, c.sa, c.verb, c.group, c.resource, c.namespace) {
+						visible = false
+						break
+					}
+				}
+				if visible {
+					break
+				}
+			}
+			for _, c := range checks {
+				if got := can(t, ns, c.sa, c.verb, c.group, c.resource, c.namespace); got != c.want {
+					t.Errorf("can %s %s %s.%s in %q: %v, want %v", c.sa, c.verb, c.resource, c.group, c.namespace, got, c.want)
+				}
+			}
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func scheme() *k8sruntime.Scheme {
+	s := testenv.NewScheme()
+	if err := apiextensionsv1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
