@@ -53,3 +53,16 @@ test: verify control-plane ## Run every test against a real kube-apiserver and t
 .PHONY: manifests
 manifests: ## Regenerate the chart's CRD copies and the plain manifests in deploy/ from charts/podidentity.
 	go run ./hack/gen-manifests
+
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+IMAGE_REPO ?= ghcr.io/podidentity
+IMAGES := mic nmi azure-emulator probe-client
+
+.PHONY: images
+images: ## Build the container images (needs Docker Buildx; see build/README.md).
+	@command -v docker >/dev/null || { echo "images: no docker found; install Docker with Buildx, or build the binaries with 'make build'" >&2; exit 1; }
+	@for i in $(IMAGES); do \
+	  docker buildx build -f build/$$i.Dockerfile --build-arg VERSION=$(VERSION) \
+	    --build-arg COMMIT=$$(git rev-parse HEAD) --build-arg DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+	    -t $(IMAGE_REPO)/$$i:$(VERSION) --load . ; \
+	done
