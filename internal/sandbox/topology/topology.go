@@ -107,10 +107,10 @@ func Build(ctx context.Context, prefix string, n int) (_ *Network, err error) {
 		// Routing between pod ranges of different nodes, and DNAT of pod traffic to NMI's
 		// loopback listener, as kube-proxy configures a real node (route_localnet=1).
 		for key, val := range map[string]string{
-			"net.ipv4.ip_forward":                "1",
-			"net.ipv4.conf.all.route_localnet":   "1",
-			"net.ipv4.conf.all.rp_filter":        "0",
-			"net.ipv4.conf.default.rp_filter":    "0",
+			"net.ipv4.ip_forward":              "1",
+			"net.ipv4.conf.all.route_localnet": "1",
+			"net.ipv4.conf.all.rp_filter":      "0",
+			"net.ipv4.conf.default.rp_filter":  "0",
 		} {
 			if err := netns.Sysctl(node.NS, key, val); err != nil {
 				return nil, err
