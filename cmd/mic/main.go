@@ -1,0 +1,255 @@
+// Command mic is the Managed Identity Controller. Every aad-pod-identity v1.8 MIC flag is
+// accepted; see docs/mic.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/azureconfig"
+	"github.com/podidentity/podidentity/internal/cloud"
+	"github.com/podidentity/podidentity/internal/cloud/armcloud"
+	"github.com/podidentity/podidentity/internal/mic"
+)
+
+var version = "dev"
+
+// options are the command-line flags.
+type options struct {
+	kubeconfig, cloudconfig string
+	forceNamespaced         bool
+	version                 bool
+	syncRetry               time.Duration
+	leaderInstance          string
+	leaderNamespace         string
+	leaderName              string
+	leaderDuration          time.Duration
+	probePort, metricsPort  int
+	bindHost                string
+	enableProfile           bool
+	enableScaleFeatures     bool
+	createDeleteBatch       int
+	clientQPS               float64
+	clientBurst             int
+	immutable               string
+	configMapName           string
+	typeUpgradeKey          string
+	enableTypeUpgrade       bool
+	updateMaxRetry          int
+	updateRetryInterval     time.Duration
+	reconcileInterval       time.Duration
+	keepFinishedPods        bool
+	batchIdle, batchMax     time.Duration
+	workers                 int
+	pollInterval            time.Duration
+	cleanup                 bool
+	logFormat               string
+	customUserAgent         string
+}
+
+// AddFlags registers every upstream MIC flag plus podidentity's own.
+func (o *options) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; in-cluster config when empty.")
+	fs.StringVar(&o.cloudconfig, "cloudconfig", "", "Path to azure.json; environment variables are used when empty. Reloaded when it changes.")
+	fs.BoolVar(&o.forceNamespaced, "forceNamespaced", false, "Require identity, binding and pod in one namespace (also env FORCENAMESPACED=true).")
+	fs.BoolVar(&o.version, "version", false, "Print the version and exit.")
+	fs.DurationVar(&o.syncRetry, "syncRetryDuration", time.Hour, "Period of a full pass even without events.")
+	fs.StringVar(&o.leaderInstance, "leader-election-instance", "", "Lock holder name (default: host name); informational, controller-runtime adds a unique suffix.")
+	fs.StringVar(&o.leaderNamespace, "leader-election-namespace", "default", "Namespace of the leader Lease.")
+	fs.StringVar(&o.leaderName, "leader-election-name", "aad-pod-identity-mic", "Name of the leader Lease.")
+	fs.DurationVar(&o.leaderDuration, "leader-election-duration", 15*time.Second, "Lease duration; renew deadline is half, retry period a quarter.")
+	fs.IntVar(&o.probePort, "http-probe-port", 8080, "Port of /healthz and /readyz.")
+	fs.IntVar(&o.metricsPort, "prometheus-port", 8888, "Port of /metrics.")
+	fs.StringVar(&o.bindHost, "bind-host", "", "Address the probe and metrics servers listen on (default all interfaces).")
+	fs.BoolVar(&o.enableProfile, "enableProfile", false, "Deprecated, ignored.")
+	fs.BoolVar(&o.enableScaleFeatures, "enableScaleFeatures", false, "Deprecated no-op (as upstream).")
+	fs.IntVar(&o.createDeleteBatch, "createDeleteBatch", 50, "Most concurrent AzureAssignedIdentity writes per VM/VMSS.")
+	fs.Float64Var(&o.clientQPS, "clientQps", 200, "Kubernetes client QPS (upstream: 5).")
+	fs.IntVar(&o.clientBurst, "clientBurst", 400, "Kubernetes client burst (upstream: equal to QPS).")
+	fs.StringVar(&o.immutable, "immutable-user-msis", "", "Comma-separated client IDs MIC never removes from a VM/VMSS.")
+	fs.StringVar(&o.configMapName, "config-map-name", "aad-pod-identity-config", "Deprecated, ignored (type upgrade not needed).")
+	fs.StringVar(&o.typeUpgradeKey, "type-upgrade-status-key", "type-upgrade-status", "Deprecated, ignored.")
+	fs.BoolVar(&o.enableTypeUpgrade, "enable-type-upgrade", true, "Deprecated, ignored: objects from aad-pod-identity < 1.6 must be re-applied.")
+	fs.IntVar(&o.updateMaxRetry, "update-user-msi-max-retry", 2, "Deprecated: refused identities are dropped and the rest retried at once, always.")
+	fs.DurationVar(&o.updateRetryInterval, "update-user-msi-retry-interval", time.Second, "Deprecated, ignored.")
+	fs.DurationVar(&o.reconcileInterval, "identity-assignment-reconcile-interval", 3*time.Minute, "Period of re-reading every VM/VMSS and re-adding identities removed out of band.")
+	fs.BoolVar(&o.keepFinishedPods, "keep-finished-pods", false, "Keep identities of Succeeded/Failed pods assigned (upstream behaviour).")
+	fs.DurationVar(&o.batchIdle, "batch-idle", time.Second, "Start a pass once no event arrived for this long.")
+	fs.DurationVar(&o.batchMax, "batch-max", 10*time.Second, "Start a pass at the latest this long after the first event of a burst.")
+	fs.IntVar(&o.workers, "workers", 16, "VMs/VMSS reconciled in parallel.")
+	fs.DurationVar(&o.pollInterval, "arm-poll-interval", time.Second, "Poll interval of ARM long-running operations without Retry-After.")
+	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove MIC's finalizer from every AzureAssignedIdentity, delete them, and exit (uninstall / stuck namespace).")
+	fs.StringVar(&o.logFormat, "log-format", "text", "Log format: text or json (klog).")
+	fs.StringVar(&o.customUserAgent, "custom-user-agent", "", "Appended to the user agent of ARM calls.")
+}
+
+func (o *options) validate() error {
+	if o.clientQPS <= 0 || o.clientBurst <= 0 {
+		return fmt.Errorf("--clientQps (%v) and --clientBurst (%d) must be positive", o.clientQPS, o.clientBurst)
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		return fmt.Errorf("--log-format %q: use text or json", o.logFormat)
+	}
+	return nil
+}
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Getenv); err != nil {
+		fmt.Fprintln(os.Stderr, "mic:", err)
+		os.Exit(1)
+	}
+}
+
+// normalizeArgs lets single-dash long flags work, as with upstream's Go flag package.
+func normalizeArgs(args []string) []string {
+	out := make([]string, 0, len(args))
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") && !strings.HasPrefix(a, "--") && len(a) > 2 {
+			a = "-" + a
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string) error {
+	var o options
+	fs := pflag.NewFlagSet("mic", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	kfs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(kfs)
+	fs.AddGoFlagSet(kfs)
+	if err := fs.Parse(normalizeArgs(args)); err != nil {
+		return err
+	}
+	if o.version {
+		fmt.Println(version)
+		return nil
+	}
+	if err := o.validate(); err != nil {
+		return err
+	}
+	log := klog.NewKlogr()
+	for _, name := range []string{"enableProfile", "enableScaleFeatures", "config-map-name", "type-upgrade-status-key", "enable-type-upgrade",
+		"update-user-msi-max-retry", "update-user-msi-retry-interval"} {
+		if fs.Changed(name) {
+			log.Info("flag is deprecated and has no effect", "flag", "--"+name)
+		}
+	}
+	restCfg, err := restConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.QPS, restCfg.Burst = float32(o.clientQPS), o.clientBurst
+	restCfg.UserAgent = "podidentity-mic/" + version
+	if o.customUserAgent != "" {
+		restCfg.UserAgent += " " + o.customUserAgent
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if o.cleanup {
+		c, err := client.New(restCfg, client.Options{Scheme: mic.Scheme()})
+		if err != nil {
+			return fmt.Errorf("creating the Kubernetes client: %w", err)
+		}
+		n, err := mic.Cleanup(ctx, c, log)
+		log.Info("cleanup finished", "released", n)
+		return err
+	}
+
+	ns := getenv("MIC_POD_NAMESPACE")
+	if ns == "" {
+		return errors.New("MIC_POD_NAMESPACE is not set: set it to MIC's namespace (the downward API field metadata.namespace)")
+	}
+	settings, err := azureconfig.Load(o.cloudconfig, getenv)
+	if err != nil {
+		return err
+	}
+	m := mic.NewMetrics(crmetrics.Registry)
+	build := func(s *azureconfig.Settings) (cloud.Compute, error) {
+		return armcloud.New(s, armcloud.Options{PollInterval: o.pollInterval, UserAgent: o.customUserAgent, Observe: m.ObserveARM})
+	}
+	c0, err := build(settings)
+	if err != nil {
+		return err
+	}
+	compute := armcloud.NewReloading(c0)
+	go azureconfig.Watch(ctx, log, settings.Files, 10*time.Second, func() {
+		s, err := azureconfig.Load(o.cloudconfig, getenv)
+		if err != nil {
+			log.Error(err, "reloading the Azure configuration failed; keeping the previous one")
+			return
+		}
+		if c, err := build(s); err == nil {
+			compute.Swap(c)
+		} else {
+			log.Error(err, "rebuilding ARM clients failed; keeping the previous ones")
+		}
+	})
+	immutable := splitList(o.immutable)
+	if settings.Config.UserAssignedIdentityID != "" {
+		immutable = append(immutable, settings.Config.UserAssignedIdentityID)
+	}
+	addr := func(p int) string {
+		if p == 0 {
+			return "0"
+		}
+		return net.JoinHostPort(o.bindHost, strconv.Itoa(p))
+	}
+	return mic.Run(ctx, mic.RunConfig{
+		Rest: restCfg, Compute: compute, Log: log, Metrics: m,
+		Options: mic.Options{
+			Namespace:        ns,
+			ForceNamespaced:  o.forceNamespaced || strings.EqualFold(getenv(aadv1.ForceNamespacedEnv), "true"),
+			KeepFinishedPods: o.keepFinishedPods, ImmutableClientIDs: immutable,
+			Defaults:  cloud.Defaults{SubscriptionID: settings.Config.SubscriptionID, ResourceGroup: settings.Config.ResourceGroup},
+			BatchIdle: o.batchIdle, BatchMax: o.batchMax, Workers: o.workers, KubeWrites: o.createDeleteBatch,
+			ResyncInterval: o.syncRetry, ReconcileInterval: o.reconcileInterval,
+		},
+		LeaderElection: true, LeaseName: o.leaderName, LeaseNamespace: o.leaderNamespace, LeaseDuration: o.leaderDuration,
+		ProbeAddr: addr(o.probePort), MetricsAddr: addr(o.metricsPort), GracefulShutdown: 10 * time.Second,
+	})
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		c, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("reading --kubeconfig %s: %w", kubeconfig, err)
+		}
+		return c, nil
+	}
+	c, err := rest.InClusterConfig()
+	if err != nil {
+		return nil, fmt.Errorf("no --kubeconfig and not running in a cluster: %w", err)
+	}
+	return c, nil
+}
