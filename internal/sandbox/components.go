@@ -13,6 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/podidentity/podidentity/internal/emulator"
 	"github.com/podidentity/podidentity/internal/sandbox/netns"
 	"github.com/podidentity/podidentity/internal/sandbox/proc"
@@ -26,8 +30,9 @@ const (
 	NMIProbePort   = 8085
 	NMIPort        = 2579
 	NMIMetricsPort = 9090
-	// MICNamespace is where MIC "runs": its leader Lease and ownership records live there.
-	MICNamespace = "kube-system"
+	// MICNamespace is the Helm release namespace MIC "runs" in: its leader Lease and ownership
+	// records live there.
+	MICNamespace = "podidentity"
 )
 
 // Component is a supervised MIC or NMI process: restarted when it exits, as its Deployment or
@@ -196,6 +201,9 @@ func (s *Sandbox) startMIC(ctx, runCtx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if _, err := s.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: MICNamespace}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", MICNamespace, err)
+	}
 	t0 := time.Now()
 	for i := 0; i < s.Opts.MICReplicas; i++ {
 		ns := s.prefix + "mic" + strconv.Itoa(i)
@@ -210,7 +218,7 @@ func (s *Sandbox) startMIC(ctx, runCtx context.Context) error {
 		args := []string{
 			"--kubeconfig=" + s.Kubeconfig, "--cloudconfig=" + azureJSON,
 			"--leader-election-instance=mic-" + strconv.Itoa(i),
-			"--leader-election-namespace=" + MICNamespace,
+			"--leader-election-namespace=" + MICNamespace, "--leader-election-name=aad-pod-identity-mic",
 			"--http-probe-port=" + strconv.Itoa(MICProbePort), "--prometheus-port=" + strconv.Itoa(MICMetricsPort),
 			"-v=" + strconv.Itoa(s.Opts.Verbosity),
 		}
