@@ -1,0 +1,132 @@
+package nmi
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+)
+
+// Operation modes (--operation-mode).
+const (
+	ModeStandard = "standard"
+	ModeManaged  = "managed"
+)
+
+// Config is everything the NMI server needs; cmd/nmi fills it from flags.
+type Config struct {
+	// NodeName is this node: only its pods and assignments are watched.
+	NodeName string
+	// MetadataIP and MetadataPort address the real IMDS (proxy target and token source).
+	MetadataIP   string
+	MetadataPort int
+	// MetadataHeaderRequired refuses token and proxied requests without "Metadata: true".
+	MetadataHeaderRequired bool
+	// BlockInstanceMetadata answers 403 on /metadata/instance*.
+	BlockInstanceMetadata bool
+	// OperationMode is ModeStandard (identities from MIC's assignments) or ModeManaged
+	// (from bindings and identities in the pod's namespace; requires ForceNamespaced).
+	OperationMode string
+	// ForceNamespaced restricts every identity to pods of its own namespace.
+	ForceNamespaced bool
+	// MICNamespace is where MIC runs; its pods get IMDS passthrough.
+	MICNamespace string
+	// RetryAttemptsForCreated × FindIdentityRetryInterval bounds the wait for an assignment to
+	// appear; (created + assigned) × interval the wait for it to become Assigned.
+	RetryAttemptsForCreated   int
+	RetryAttemptsForAssigned  int
+	FindIdentityRetryInterval time.Duration
+	// SetRetryAfterHeader answers 503 + Retry-After at once instead of waiting.
+	SetRetryAfterHeader bool
+	// RetryAfter is the Retry-After value of those answers.
+	RetryAfter time.Duration
+	// PodWaitTimeout bounds the wait for an unknown caller IP to show up in the pod watch (a pod
+	// that has just started).
+	PodWaitTimeout time.Duration
+	// IMDSMaxConcurrent caps concurrent calls to IMDS (IMDS allows 5 per VM).
+	IMDSMaxConcurrent int
+	// PodRateLimit (requests/s; 0 = unlimited) and PodRateBurst limit each pod's requests that
+	// reach Azure (cache misses and passthrough); cached answers are not limited.
+	PodRateLimit float64
+	PodRateBurst int
+	// PrefetchResources are fetched for an identity as soon as it is Assigned, besides the
+	// resources pods already asked for with that identity.
+	PrefetchResources []string
+	// PrefetchBudget bounds how long a prefetch keeps retrying while IMDS does not know the
+	// identity yet (propagation).
+	PrefetchBudget time.Duration
+	// Cache tunes the token cache.
+	Cache CacheOptions
+	// AuthorityHost is the Azure AD host for service principals without adEndpoint.
+	AuthorityHost string
+	// AADClientOptions are used for Azure AD calls (transport, e.g. a custom CA).
+	AADClientOptions azcore.ClientOptions
+}
+
+// SetDefaults fills zero values with upstream's defaults.
+func (c *Config) SetDefaults() {
+	if c.MetadataIP == "" {
+		c.MetadataIP = "169.254.169.254"
+	}
+	if c.MetadataPort == 0 {
+		c.MetadataPort = 80
+	}
+	if c.OperationMode == "" {
+		c.OperationMode = ModeStandard
+	}
+	if c.MICNamespace == "" {
+		c.MICNamespace = "default"
+	}
+	if c.FindIdentityRetryInterval == 0 {
+		c.FindIdentityRetryInterval = 5 * time.Second
+	}
+	if c.RetryAfter == 0 {
+		c.RetryAfter = 20 * time.Second
+	}
+	if c.PodWaitTimeout == 0 {
+		c.PodWaitTimeout = 2 * time.Second
+	}
+	if c.IMDSMaxConcurrent == 0 {
+		c.IMDSMaxConcurrent = 5
+	}
+	if c.PrefetchBudget == 0 {
+		c.PrefetchBudget = 2 * time.Minute
+	}
+}
+
+// Validate reports configuration mistakes, naming the flag to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("--node is required: set it to the node's name (e.g. from the NODE_NAME env var via the downward API)"))
+	}
+	c.OperationMode = strings.ToLower(c.OperationMode)
+	switch c.OperationMode {
+	case ModeStandard:
+	case ModeManaged:
+		if !c.ForceNamespaced {
+			errs = append(errs, errors.New("--operation-mode=managed requires namespaced mode: add --forceNamespaced=true (or FORCENAMESPACED=true)"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("--operation-mode=%q is not supported: use standard or managed", c.OperationMode))
+	}
+	if net.ParseIP(c.MetadataIP) == nil {
+		errs = append(errs, fmt.Errorf("--metadata-ip=%q is not an IP address", c.MetadataIP))
+	}
+	if c.MetadataPort <= 0 || c.MetadataPort > 65535 {
+		errs = append(errs, fmt.Errorf("--metadata-port=%d is not a port number", c.MetadataPort))
+	}
+	if c.RetryAttemptsForCreated < 0 || c.RetryAttemptsForAssigned < 0 || c.FindIdentityRetryInterval < 0 {
+		errs = append(errs, errors.New("--retry-attempts-for-created, --retry-attempts-for-assigned and --find-identity-retry-interval must not be negative"))
+	}
+	if c.PodRateLimit < 0 || c.PodRateBurst < 0 {
+		errs = append(errs, errors.New("the per-pod rate limit and burst must not be negative"))
+	}
+	if c.PodRateLimit > 0 && c.PodRateBurst < 1 {
+		errs = append(errs, errors.New("a per-pod rate limit needs a burst of at least 1"))
+	}
+	return errors.Join(errs...)
+}

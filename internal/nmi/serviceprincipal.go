@@ -1,0 +1,228 @@
+package nmi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+	toolscache "k8s.io/client-go/tools/cache"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+)
+
+// DefaultAuthorityHost is Azure AD's public-cloud authority, used when an identity names none.
+const DefaultAuthorityHost = "https://login.microsoftonline.com/"
+
+// SecretGetter returns a Secret from a local cache (never a GET per token request).
+type SecretGetter interface {
+	// GetSecret returns the Secret, or nil when it does not exist.
+	GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error)
+}
+
+// ServicePrincipalSource gets tokens for service principals (types 1 and 2) from Azure AD.
+type ServicePrincipalSource struct {
+	Secrets SecretGetter
+	// AuthorityHost is used when an identity has no adEndpoint (custom clouds set it).
+	AuthorityHost string
+	// ClientOptions carries the transport (e.g. a CA to trust) and retry settings for Azure AD.
+	ClientOptions azcore.ClientOptions
+}
+
+// secretFor returns the Secret an identity references; without a namespace, the identity's own.
+func (s *ServicePrincipalSource) secretFor(ctx context.Context, id *aadv1.AzureIdentity) (*corev1.Secret, error) {
+	ref := id.Spec.ClientPassword
+	ns := ref.Namespace
+	if ns == "" {
+		ns = id.Namespace
+	}
+	if ref.Name == "" {
+		return nil, fmt.Errorf("%w: AzureIdentity %s/%s (type %d) has no spec.clientPassword.name: name the Secret with its credentials", ErrCredential, id.Namespace, id.Name, id.Spec.Type)
+	}
+	sec, err := s.Secrets.GetSecret(ctx, ns, ref.Name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading Secret %s/%s of AzureIdentity %s/%s: %v", ErrUnavailable, ns, ref.Name, id.Namespace, id.Name, err)
+	}
+	if sec == nil {
+		return nil, fmt.Errorf("%w: Secret %s/%s referenced by AzureIdentity %s/%s does not exist: create it", ErrUnavailable, ns, ref.Name, id.Namespace, id.Name)
+	}
+	return sec, nil
+}
+
+// credentialVersion identifies the credentials an identity uses now (the Secret's
+// resourceVersion), so that a rotated Secret never serves tokens cached from the old one.
+func (s *ServicePrincipalSource) credentialVersion(ctx context.Context, id *aadv1.AzureIdentity) (string, error) {
+	sec, err := s.secretFor(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return string(sec.UID) + "@" + sec.ResourceVersion, nil
+}
+
+func (s *ServicePrincipalSource) authority(id *aadv1.AzureIdentity) string {
+	if id.Spec.ADEndpoint != "" {
+		return id.Spec.ADEndpoint
+	}
+	if s.AuthorityHost != "" {
+		return s.AuthorityHost
+	}
+	return DefaultAuthorityHost
+}
+
+// Fetch does the client-credentials flow: with the client secret (type 1; one token per tenant,
+// primary first, when auxiliaryTenantIDs are set) or the PKCS#12 certificate (type 2).
+func (s *ServicePrincipalSource) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resource string) ([]Token, error) {
+	sec, err := s.secretFor(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	opts := s.ClientOptions
+	opts.Cloud = cloud.Configuration{ActiveDirectoryAuthorityHost: s.authority(id)}
+	// Our cache does the retrying; the SDK's retries would hold a request far beyond its budget.
+	opts.Retry = policy.RetryOptions{MaxRetries: -1}
+	var cred azcore.TokenCredential
+	switch id.Spec.Type {
+	case aadv1.ServicePrincipal:
+		secret := clientSecretOf(sec)
+		if secret == "" {
+			return nil, fmt.Errorf("%w: Secret %s/%s of AzureIdentity %s/%s has no data: put the client secret under key clientSecret", ErrCredential, sec.Namespace, sec.Name, id.Namespace, id.Name)
+		}
+		cred, err = azidentity.NewClientSecretCredential(id.Spec.TenantID, id.Spec.ClientID, secret, &azidentity.ClientSecretCredentialOptions{
+			ClientOptions: opts, DisableInstanceDiscovery: true, AdditionallyAllowedTenants: id.Spec.AuxiliaryTenantIDs})
+	case aadv1.ServicePrincipalCertificate:
+		data, ok := sec.Data["certificate"]
+		if !ok {
+			return nil, fmt.Errorf("%w: Secret %s/%s of AzureIdentity %s/%s has no key certificate: put the PKCS#12 bundle there and its password under key password", ErrCredential, sec.Namespace, sec.Name, id.Namespace, id.Name)
+		}
+		certs, key, perr := azidentity.ParseCertificates(data, sec.Data["password"])
+		if perr != nil {
+			return nil, fmt.Errorf("%w: certificate in Secret %s/%s of AzureIdentity %s/%s cannot be read (%v): store a PKCS#12 bundle with its key under certificate and its password under password", ErrCredential, sec.Namespace, sec.Name, id.Namespace, id.Name, perr)
+		}
+		cred, err = azidentity.NewClientCertificateCredential(id.Spec.TenantID, id.Spec.ClientID, certs, key, &azidentity.ClientCertificateCredentialOptions{
+			ClientOptions: opts, DisableInstanceDiscovery: true})
+	default:
+		return nil, fmt.Errorf("%w: AzureIdentity %s/%s has unsupported type %d: use 0, 1 or 2", ErrCredential, id.Namespace, id.Name, id.Spec.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: AzureIdentity %s/%s: %v", ErrCredential, id.Namespace, id.Name, err)
+	}
+	tenants := []string{""}
+	if id.Spec.Type == aadv1.ServicePrincipal {
+		tenants = append(tenants, id.Spec.AuxiliaryTenantIDs...)
+	}
+	out := make([]Token, 0, len(tenants))
+	for _, tenant := range tenants {
+		at, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{scopeOf(resource)}, TenantID: tenant})
+		if err != nil {
+			return nil, aadError(err, id, tenant)
+		}
+		out = append(out, Token{AccessToken: at.Token, ExpiresOn: at.ExpiresOn, NotBefore: time.Now(), Resource: resource,
+			TokenType: "Bearer", ClientID: id.Spec.ClientID, ObjectID: objectIDOf(at.Token)})
+	}
+	return out, nil
+}
+
+// scopeOf turns a v1 resource into a v2 scope; a resource ending in "/" keeps it, which Azure AD
+// reads as that exact audience.
+func scopeOf(resource string) string { return resource + "/.default" }
+
+func clientSecretOf(sec *corev1.Secret) string {
+	if v, ok := sec.Data["clientSecret"]; ok {
+		return string(v)
+	}
+	// Upstream took "the first value" of a Go map (random with several keys); take the first key
+	// in sorted order so the choice is stable.
+	keys := make([]string, 0, len(sec.Data))
+	for k := range sec.Data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	if len(keys) == 0 {
+		return ""
+	}
+	return string(sec.Data[keys[0]])
+}
+
+// aadError classifies an azidentity failure: an Azure AD answer below 500 means the credentials
+// are wrong (fail fast); anything else may heal.
+func aadError(err error, id *aadv1.AzureIdentity, tenant string) error {
+	if tenant == "" {
+		tenant = id.Spec.TenantID
+	}
+	var afe *azidentity.AuthenticationFailedError
+	if errors.As(err, &afe) && afe.RawResponse != nil {
+		return &UpstreamError{Service: "aad", Status: afe.RawResponse.StatusCode, Code: "aad_error",
+			Description: fmt.Sprintf("Azure AD refused client %s of AzureIdentity %s/%s in tenant %s: %s", id.Spec.ClientID, id.Namespace, id.Name, tenant, firstLine(err.Error()))}
+	}
+	return &UpstreamError{Service: "aad", Status: 0, Code: "aad_unavailable",
+		Description: fmt.Sprintf("getting a token for AzureIdentity %s/%s in tenant %s: %s", id.Namespace, id.Name, tenant, firstLine(err.Error()))}
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	var parts []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "---") && !strings.HasPrefix(l, "To troubleshoot") {
+			parts = append(parts, l)
+		}
+		if len(parts) == 4 {
+			break
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// SecretWatcher keeps one watch per Secret that an identity references: NMI needs few Secrets,
+// and watching all of them cluster-wide would cost memory and RBAC breadth.
+type SecretWatcher struct {
+	Client kubernetes.Interface
+	ctx    context.Context
+
+	mu      sync.Mutex
+	watches map[string]toolscache.SharedIndexInformer
+	// OnChange is called when a watched Secret changes (to wake waiters, invalidate caches).
+	OnChange func()
+}
+
+// NewSecretWatcher returns a watcher whose watches stop when ctx ends.
+func NewSecretWatcher(ctx context.Context, c kubernetes.Interface) *SecretWatcher {
+	return &SecretWatcher{Client: c, ctx: ctx, watches: map[string]toolscache.SharedIndexInformer{}}
+}
+
+// GetSecret returns the Secret from its watch, starting the watch on first use.
+func (w *SecretWatcher) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
+	key := namespace + "/" + name
+	w.mu.Lock()
+	inf := w.watches[key]
+	if inf == nil {
+		lw := toolscache.NewListWatchFromClient(w.Client.CoreV1().RESTClient(), "secrets", namespace,
+			fields.OneTermEqualSelector("metadata.name", name))
+		inf = toolscache.NewSharedIndexInformer(lw, &corev1.Secret{}, 0, toolscache.Indexers{})
+		if w.OnChange != nil {
+			f := func(any) { w.OnChange() }
+			_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: f, DeleteFunc: f,
+				UpdateFunc: func(any, any) { w.OnChange() }})
+		}
+		w.watches[key] = inf
+		go inf.RunWithContext(w.ctx)
+	}
+	w.mu.Unlock()
+	if !inf.HasSynced() && !toolscache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return nil, fmt.Errorf("watch of Secret %s did not sync before the request ended: check NMI's RBAC (list/watch secrets) and API server reachability", key)
+	}
+	obj, ok, err := inf.GetStore().GetByKey(key)
+	if err != nil || !ok {
+		return nil, err
+	}
+	return obj.(*corev1.Secret), nil
+}

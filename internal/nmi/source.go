@@ -1,0 +1,234 @@
+package nmi
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+)
+
+// Token is one access token as NMI hands it out.
+type Token struct {
+	AccessToken string
+	ExpiresOn   time.Time
+	NotBefore   time.Time
+	Resource    string
+	TokenType   string
+	ClientID    string
+	// ObjectID is the principal's object ID read from the token, when present: it lets requests
+	// that select an identity by object_id be matched.
+	ObjectID string
+}
+
+// TokenSource gets fresh tokens for one identity from Azure. The result has one token, or one per
+// tenant (primary first) for a service principal with auxiliary tenants. Implementations are the
+// IMDS source (type 0) and the Azure AD sources (types 1 and 2); a workload-identity federation
+// source fits the same shape.
+type TokenSource interface {
+	Fetch(ctx context.Context, id *aadv1.AzureIdentity, resource string) ([]Token, error)
+}
+
+// IMDSClient calls the node's Instance Metadata Service for managed-identity tokens, over a
+// shared transport that reuses connections and caps concurrency at IMDS's per-VM limit.
+type IMDSClient struct {
+	base   string // http://ip:port
+	client *http.Client
+}
+
+// NewIMDSClient returns a client for IMDS at ip:port whose transport allows at most maxConcurrent
+// requests in flight.
+func NewIMDSClient(ip string, port int, maxConcurrent int) *IMDSClient {
+	return &IMDSClient{base: "http://" + net.JoinHostPort(ip, strconv.Itoa(port)), client: &http.Client{
+		Transport: newIMDSTransport(maxConcurrent),
+		// IMDS never redirects; following one could send a token request elsewhere.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}}
+}
+
+// newIMDSTransport keeps enough idle connections for the concurrency cap so that sustained load
+// never churns TCP connections (upstream filled the port range with TIME_WAIT).
+func newIMDSTransport(maxConcurrent int) http.RoundTripper {
+	if maxConcurrent <= 0 {
+		maxConcurrent = 5
+	}
+	t := &http.Transport{
+		Proxy:               nil, // IMDS is link-local: never through an HTTP proxy
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        4 * maxConcurrent,
+		MaxIdleConnsPerHost: 4 * maxConcurrent,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &limitedTransport{next: t, sem: make(chan struct{}, maxConcurrent)}
+}
+
+// limitedTransport caps requests in flight: IMDS allows 5 concurrent identity requests per VM
+// and answers 429 above that.
+type limitedTransport struct {
+	next http.RoundTripper
+	sem  chan struct{}
+}
+
+func (t *limitedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	select {
+	case t.sem <- struct{}{}:
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	}
+	resp, err := t.next.RoundTrip(r)
+	if err != nil {
+		<-t.sem
+		return nil, err
+	}
+	// Hold the slot until the body is consumed: that is when IMDS is done with the request.
+	resp.Body = &releaseBody{ReadCloser: resp.Body, release: func() { <-t.sem }}
+	return resp, nil
+}
+
+type releaseBody struct {
+	io.ReadCloser
+	release func()
+	done    bool
+}
+
+func (b *releaseBody) Close() error {
+	err := b.ReadCloser.Close()
+	if !b.done {
+		b.done = true
+		b.release()
+	}
+	return err
+}
+
+// imdsAPIVersion is the token API version NMI uses towards IMDS.
+const imdsAPIVersion = "2018-02-01"
+
+// Fetch gets a token for a user-assigned identity (by client ID) or, with an empty clientID, the
+// node's default identity.
+func (c *IMDSClient) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resource string) ([]Token, error) {
+	clientID := ""
+	if id != nil {
+		clientID = id.Spec.ClientID
+	}
+	q := "api-version=" + imdsAPIVersion + "&resource=" + url.QueryEscape(resource)
+	if clientID != "" {
+		q += "&client_id=" + url.QueryEscape(clientID)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metadata/identity/oauth2/token?"+q, nil)
+	if err != nil {
+		return nil, fmt.Errorf("building IMDS request: %w", err)
+	}
+	req.Header.Set("Metadata", "true")
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, &UpstreamError{Service: "imds", Description: fmt.Sprintf("calling IMDS at %s: %v; check --metadata-ip/--metadata-port and that IMDS is reachable from the node", c.base, err)}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, &UpstreamError{Service: "imds", Description: fmt.Sprintf("reading IMDS answer: %v", err)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		ue := &UpstreamError{Service: "imds", Status: resp.StatusCode}
+		var eb struct {
+			Error       string `json:"error"`
+			Description string `json:"error_description"`
+		}
+		_ = json.Unmarshal(body, &eb)
+		ue.Code, ue.Description = eb.Error, eb.Description
+		if ue.Description == "" {
+			ue.Description = strings.TrimSpace(string(clipBytes(body)))
+		}
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
+			ue.RetryAfter = time.Duration(s) * time.Second
+		}
+		if resp.StatusCode == http.StatusBadRequest && strings.Contains(strings.ToLower(ue.Description), "identity not found") {
+			return nil, fmt.Errorf("%w: IMDS does not know client ID %s yet (%w)", ErrIdentityNotFound, clientID, ue)
+		}
+		return nil, ue
+	}
+	tok, err := parseTokenJSON(body, resource)
+	if err != nil {
+		return nil, &UpstreamError{Service: "imds", Status: http.StatusBadGateway, Code: "invalid_response", Description: err.Error()}
+	}
+	if tok.ClientID == "" {
+		tok.ClientID = clientID
+	}
+	return []Token{tok}, nil
+}
+
+func clipBytes(b []byte) []byte {
+	if len(b) > 256 {
+		return b[:256]
+	}
+	return b
+}
+
+// parseTokenJSON reads an IMDS or Azure AD v1 token answer; numbers may be strings or numbers.
+func parseTokenJSON(body []byte, resource string) (Token, error) {
+	var r struct {
+		AccessToken string      `json:"access_token"`
+		ExpiresIn   json.Number `json:"expires_in"`
+		ExpiresOn   json.Number `json:"expires_on"`
+		NotBefore   json.Number `json:"not_before"`
+		Resource    string      `json:"resource"`
+		TokenType   string      `json:"token_type"`
+		ClientID    string      `json:"client_id"`
+	}
+	if err := json.Unmarshal(body, &r); err != nil {
+		return Token{}, fmt.Errorf("token answer is not JSON: %v", err)
+	}
+	if r.AccessToken == "" {
+		return Token{}, fmt.Errorf("token answer has no access_token")
+	}
+	now := time.Now()
+	t := Token{AccessToken: r.AccessToken, Resource: r.Resource, TokenType: r.TokenType, ClientID: r.ClientID}
+	if on, err := r.ExpiresOn.Int64(); err == nil && on > 0 {
+		t.ExpiresOn = time.Unix(on, 0)
+	} else if in, err := r.ExpiresIn.Int64(); err == nil && in > 0 {
+		t.ExpiresOn = now.Add(time.Duration(in) * time.Second)
+	} else {
+		return Token{}, fmt.Errorf("token answer has neither expires_on nor expires_in")
+	}
+	if nb, err := r.NotBefore.Int64(); err == nil && nb > 0 {
+		t.NotBefore = time.Unix(nb, 0)
+	} else {
+		t.NotBefore = now
+	}
+	if t.Resource == "" {
+		t.Resource = resource
+	}
+	if t.TokenType == "" {
+		t.TokenType = "Bearer"
+	}
+	t.ObjectID = objectIDOf(t.AccessToken)
+	return t, nil
+}
+
+// objectIDOf reads the oid claim of a JWT without verifying it: it is only used to match
+// object_id selectors against identities the pod is already authorized for.
+func objectIDOf(jwt string) string {
+	parts := strings.Split(jwt, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return ""
+	}
+	var c struct {
+		OID string `json:"oid"`
+	}
+	if json.Unmarshal(payload, &c) != nil {
+		return ""
+	}
+	return c.OID
+}

@@ -1,0 +1,403 @@
+package nmi
+
+import (
+	"sort"
+	"strings"
+	"sync"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+)
+
+// podInfo is the little NMI needs to know about a pod on this node. Informers feed it; the hot
+// path reads it under a read lock.
+type podInfo struct {
+	Namespace, Name string
+	UID             types.UID
+	IP              string
+	Phase           corev1.PodPhase
+	Deleting        bool
+	// Selector is the value of the aadpodidbinding label (HasSelector: the label exists).
+	Selector    string
+	HasSelector bool
+	Labels      map[string]string
+	// OwnerReplicaSet is the name of the owning ReplicaSet, for the "is this MIC?" rule.
+	OwnerReplicaSet string
+}
+
+func (p *podInfo) key() string { return p.Namespace + "/" + p.Name }
+
+// terminated pods keep their status.podIP after the IP has been handed to a new pod.
+func (p *podInfo) terminated() bool {
+	return p.Phase == corev1.PodSucceeded || p.Phase == corev1.PodFailed
+}
+
+func newPodInfo(pod *corev1.Pod) *podInfo {
+	pi := &podInfo{
+		Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, IP: pod.Status.PodIP,
+		Phase: pod.Status.Phase, Deleting: pod.DeletionTimestamp != nil, Labels: pod.Labels,
+	}
+	pi.Selector, pi.HasSelector = pod.Labels[aadv1.PodLabelKey]
+	for _, o := range pod.OwnerReferences {
+		if o.Kind == "ReplicaSet" {
+			pi.OwnerReplicaSet = o.Name
+		}
+	}
+	// hostNetwork pods share the node's IP and never come through the DNAT rule: indexing them
+	// by IP would let every host process pose as them.
+	if pod.Spec.HostNetwork {
+		pi.IP = ""
+	}
+	return pi
+}
+
+// aaiInfo is one AzureAssignedIdentity of a pod on this node.
+type aaiInfo struct {
+	Name, Namespace string
+	PodKey          string
+	// IdentityNamespace/IdentityName name the AzureIdentity the assignment is for; Identity is
+	// MIC's copy of it at assignment time (what is actually on the VM).
+	IdentityNamespace, IdentityName string
+	Identity                        *aadv1.AzureIdentity
+	State                           aadv1.AssignedIdentityState
+}
+
+func newAAIInfo(a *aadv1.AzureAssignedIdentity) *aaiInfo {
+	ai := &aaiInfo{Name: a.Name, Namespace: a.Namespace, PodKey: a.Spec.PodNamespace + "/" + a.Spec.Pod,
+		Identity: a.Spec.AzureIdentityRef, State: a.Status.Status}
+	if ref := a.Spec.AzureIdentityRef; ref != nil {
+		ai.IdentityNamespace, ai.IdentityName = ref.Namespace, ref.Name
+	}
+	return ai
+}
+
+// Store holds the node-local view NMI answers from: pods on this node indexed by IP, their
+// assignments, the identities, bindings and exceptions. Every change closes the channel returned
+// by Changed, which is how waiting requests are woken without polling.
+type Store struct {
+	mu         sync.RWMutex
+	podsByIP   map[string]map[string]*podInfo // ip -> pod key -> pod
+	podsByKey  map[string]*podInfo
+	aaisByPod  map[string]map[string]*aaiInfo // pod key -> aai ns/name -> aai
+	aaiByKey   map[string]*aaiInfo
+	identities map[string]*aadv1.AzureIdentity        // ns/name
+	bindings   map[string]*aadv1.AzureIdentityBinding // ns/name
+	bySelector map[string]map[string]*aadv1.AzureIdentityBinding
+	exceptions map[string]map[string]map[string]string // namespace -> exception name -> podLabels
+	changed    chan struct{}
+
+	// onAssigned is called (outside the lock) when an assignment becomes Assigned.
+	onAssigned func(*aaiInfo)
+	// onPodGone is called when a pod leaves the node, to drop per-pod state such as rate limiters.
+	onPodGone func(types.UID)
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	return &Store{
+		podsByIP: map[string]map[string]*podInfo{}, podsByKey: map[string]*podInfo{},
+		aaisByPod: map[string]map[string]*aaiInfo{}, aaiByKey: map[string]*aaiInfo{},
+		identities: map[string]*aadv1.AzureIdentity{}, bindings: map[string]*aadv1.AzureIdentityBinding{},
+		bySelector: map[string]map[string]*aadv1.AzureIdentityBinding{},
+		exceptions: map[string]map[string]map[string]string{},
+		changed:    make(chan struct{}),
+	}
+}
+
+// Changed returns a channel closed at the next change of any object the store holds.
+func (s *Store) Changed() <-chan struct{} {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.changed
+}
+
+// notifyLocked wakes waiters; the caller holds the write lock.
+func (s *Store) notifyLocked() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// UpsertPod records a pod's current state.
+func (s *Store) UpsertPod(pod *corev1.Pod) {
+	pi := newPodInfo(pod)
+	s.mu.Lock()
+	if old := s.podsByKey[pi.key()]; old != nil {
+		s.unindexPodLocked(old)
+	}
+	s.podsByKey[pi.key()] = pi
+	if pi.IP != "" {
+		m := s.podsByIP[pi.IP]
+		if m == nil {
+			m = map[string]*podInfo{}
+			s.podsByIP[pi.IP] = m
+		}
+		m[pi.key()] = pi
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// DeletePod forgets a pod.
+func (s *Store) DeletePod(namespace, name string) {
+	s.mu.Lock()
+	old := s.podsByKey[namespace+"/"+name]
+	if old != nil {
+		s.unindexPodLocked(old)
+		delete(s.podsByKey, old.key())
+		s.notifyLocked()
+	}
+	s.mu.Unlock()
+	if old != nil && s.onPodGone != nil {
+		s.onPodGone(old.UID)
+	}
+}
+
+func (s *Store) unindexPodLocked(p *podInfo) {
+	if m := s.podsByIP[p.IP]; m != nil {
+		delete(m, p.key())
+		if len(m) == 0 {
+			delete(s.podsByIP, p.IP)
+		}
+	}
+}
+
+// podByIP finds the caller among this node's pods. Terminated pods are ignored (their IP may have
+// been reused); a running pod wins over pending ones; two live candidates of the same rank are
+// ambiguous and refused rather than guessed.
+func (s *Store) podByIP(ip string) (*podInfo, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var best *podInfo
+	ambiguous := false
+	for _, p := range s.podsByIP[ip] {
+		if p.terminated() {
+			continue
+		}
+		switch r := rank(p); {
+		case best == nil || r > rank(best):
+			best, ambiguous = p, false
+		case r == rank(best):
+			ambiguous = true
+		}
+	}
+	if best == nil {
+		return nil, &PodNotFoundError{IP: ip}
+	}
+	if ambiguous {
+		return nil, &AmbiguousPodError{IP: ip}
+	}
+	return best, nil
+}
+
+// rank orders pods sharing an IP: running and not being deleted first.
+func rank(p *podInfo) int {
+	r := 0
+	if p.Phase == corev1.PodRunning {
+		r += 2
+	}
+	if !p.Deleting {
+		r++
+	}
+	return r
+}
+
+func (s *Store) podByKey(namespace, name string) *podInfo {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.podsByKey[namespace+"/"+name]
+}
+
+// UpsertAAI records an assignment.
+func (s *Store) UpsertAAI(a *aadv1.AzureAssignedIdentity) {
+	ai := newAAIInfo(a)
+	k := a.Namespace + "/" + a.Name
+	s.mu.Lock()
+	old := s.aaiByKey[k]
+	if old != nil {
+		if m := s.aaisByPod[old.PodKey]; m != nil {
+			delete(m, k)
+		}
+	}
+	s.aaiByKey[k] = ai
+	m := s.aaisByPod[ai.PodKey]
+	if m == nil {
+		m = map[string]*aaiInfo{}
+		s.aaisByPod[ai.PodKey] = m
+	}
+	m[k] = ai
+	s.notifyLocked()
+	s.mu.Unlock()
+	becameAssigned := ai.State.IsAssigned() && (old == nil || !old.State.IsAssigned() || clientIDOf(old.Identity) != clientIDOf(ai.Identity))
+	if becameAssigned && s.onAssigned != nil && ai.Identity != nil {
+		s.onAssigned(ai)
+	}
+}
+
+func clientIDOf(id *aadv1.AzureIdentity) string {
+	if id == nil {
+		return ""
+	}
+	return id.Spec.ClientID
+}
+
+// DeleteAAI forgets an assignment.
+func (s *Store) DeleteAAI(namespace, name string) {
+	k := namespace + "/" + name
+	s.mu.Lock()
+	if old := s.aaiByKey[k]; old != nil {
+		delete(s.aaiByKey, k)
+		if m := s.aaisByPod[old.PodKey]; m != nil {
+			delete(m, k)
+			if len(m) == 0 {
+				delete(s.aaisByPod, old.PodKey)
+			}
+		}
+		s.notifyLocked()
+	}
+	s.mu.Unlock()
+}
+
+// UpsertIdentity records an AzureIdentity.
+func (s *Store) UpsertIdentity(id *aadv1.AzureIdentity) {
+	s.mu.Lock()
+	s.identities[id.Namespace+"/"+id.Name] = id
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// DeleteIdentity forgets an AzureIdentity.
+func (s *Store) DeleteIdentity(namespace, name string) {
+	s.mu.Lock()
+	delete(s.identities, namespace+"/"+name)
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// UpsertBinding records an AzureIdentityBinding.
+func (s *Store) UpsertBinding(b *aadv1.AzureIdentityBinding) {
+	k := b.Namespace + "/" + b.Name
+	s.mu.Lock()
+	s.unindexBindingLocked(k)
+	s.bindings[k] = b
+	m := s.bySelector[b.Spec.Selector]
+	if m == nil {
+		m = map[string]*aadv1.AzureIdentityBinding{}
+		s.bySelector[b.Spec.Selector] = m
+	}
+	m[k] = b
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// DeleteBinding forgets an AzureIdentityBinding.
+func (s *Store) DeleteBinding(namespace, name string) {
+	s.mu.Lock()
+	s.unindexBindingLocked(namespace + "/" + name)
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+func (s *Store) unindexBindingLocked(k string) {
+	old := s.bindings[k]
+	if old == nil {
+		return
+	}
+	delete(s.bindings, k)
+	if m := s.bySelector[old.Spec.Selector]; m != nil {
+		delete(m, k)
+		if len(m) == 0 {
+			delete(s.bySelector, old.Spec.Selector)
+		}
+	}
+}
+
+// UpsertException records an AzurePodIdentityException.
+func (s *Store) UpsertException(e *aadv1.AzurePodIdentityException) {
+	s.mu.Lock()
+	m := s.exceptions[e.Namespace]
+	if m == nil {
+		m = map[string]map[string]string{}
+		s.exceptions[e.Namespace] = m
+	}
+	m[e.Name] = e.Spec.PodLabels
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// DeleteException forgets an AzurePodIdentityException.
+func (s *Store) DeleteException(namespace, name string) {
+	s.mu.Lock()
+	if m := s.exceptions[namespace]; m != nil {
+		delete(m, name)
+		if len(m) == 0 {
+			delete(s.exceptions, namespace)
+		}
+	}
+	s.notifyLocked()
+	s.mu.Unlock()
+}
+
+// excepted reports whether an AzurePodIdentityException in the pod's namespace matches it: any
+// one label of the exception present on the pod with an equal value (case-insensitive values).
+func (s *Store) excepted(p *podInfo) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, labels := range s.exceptions[p.Namespace] {
+		for k, v := range labels {
+			if pv, ok := p.Labels[k]; ok && strings.EqualFold(pv, v) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// boundIdentitiesLocked returns the identities the pod is bound to now, through bindings whose
+// selector equals its label, sorted by namespace/name (the documented default order). In
+// namespaced mode (global or per identity) binding, identity and pod must share a namespace.
+func (s *Store) boundIdentitiesLocked(p *podInfo, forceNamespaced bool) []*aadv1.AzureIdentity {
+	if !p.HasSelector {
+		return nil
+	}
+	var out []*aadv1.AzureIdentity
+	seen := map[string]bool{}
+	for _, b := range s.bySelector[p.Selector] {
+		k := b.Namespace + "/" + b.Spec.AzureIdentity
+		id := s.identities[k]
+		if id == nil || seen[k] {
+			continue
+		}
+		if (forceNamespaced || id.IsNamespaced()) && (b.Namespace != p.Namespace || id.Namespace != p.Namespace) {
+			continue
+		}
+		seen[k] = true
+		out = append(out, id)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Namespace != out[j].Namespace {
+			return out[i].Namespace < out[j].Namespace
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// assignmentLocked returns the state of the pod's assignment of id: found reports whether an
+// AzureAssignedIdentity exists for it; assigned whether it is Assigned for the identity's current
+// client and resource IDs (an edit of the identity must be re-assigned before it is served).
+func (s *Store) assignmentLocked(podKey string, id *aadv1.AzureIdentity) (found, assigned bool) {
+	for _, a := range s.aaisByPod[podKey] {
+		if a.IdentityName != id.Name || (a.IdentityNamespace != "" && a.IdentityNamespace != id.Namespace) {
+			continue
+		}
+		found = true
+		if a.State.IsAssigned() && a.Identity != nil &&
+			strings.EqualFold(a.Identity.Spec.ClientID, id.Spec.ClientID) &&
+			strings.EqualFold(a.Identity.Spec.ResourceID, id.Spec.ResourceID) {
+			return true, true
+		}
+	}
+	return found, false
+}
