@@ -66,3 +66,7 @@ images: ## Build the container images (needs Docker Buildx; see build/README.md)
 	    --build-arg COMMIT=$$(git rev-parse HEAD) --build-arg DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
 	    -t $(IMAGE_REPO)/$$i:$(VERSION) --load . ; \
 	done
+
+.PHONY: docs-flags
+docs-flags: ## Regenerate the flag tables in docs/configuration.md from MIC's and NMI's AddFlags.
+	go run ./hack/gen-flags-doc

@@ -27,6 +27,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/chartrender"
+	"github.com/podidentity/podidentity/internal/flagsdoc"
 	"github.com/podidentity/podidentity/internal/testenv"
 )
 
@@ -555,4 +556,53 @@ func scheme() *k8sruntime.Scheme {
 		panic(err)
 	}
 	return s
+}
+
+// Every flag the chart passes must be one the binary registers: a chart flag the binary lacks
+// makes the pod crash-loop at start.
+func TestChartFlagsExistInBinaries(t *testing.T) {
+	known := map[string]map[string]bool{}
+	for _, c := range flagsdoc.Components {
+		s, err := flagsdoc.Read(chartrender.RepoRoot(), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names, fromCode := s.Known()
+		if !fromCode {
+			t.Logf("%s registers no flags in the code yet: checked against aad-pod-identity's %s flags", c.Name, c.Name)
+		}
+		known[c.Name] = names
+	}
+	for _, s := range scenarios {
+		vals := readValues(t, s.file)
+		vals["customUserAgent"] = "ua"
+		for _, c := range []string{"mic", "nmi"} {
+			vals[c] = merge(vals[c], map[string]any{"logVerbosity": 3, "loggingFormat": "json"})
+		}
+		objs := render(t, "r", "n", vals)
+		for kind, component := range map[string]string{"Deployment": "mic", "DaemonSet": "nmi"} {
+			if find(objs, kind, "-"+component) == nil {
+				continue
+			}
+			for _, a := range args(t, objs, kind) {
+				name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+				if !known[component][name] {
+					t.Errorf("%s: the chart passes %s to %s, which has no such flag", s.name, a, component)
+				}
+			}
+		}
+	}
+}
+
+func merge(base any, extra map[string]any) map[string]any {
+	out := map[string]any{}
+	if m, ok := base.(map[string]any); ok {
+		for k, v := range m {
+			out[k] = v
+		}
+	}
+	for k, v := range extra {
+		out[k] = v
+	}
+	return out
 }
