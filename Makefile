@@ -70,3 +70,21 @@ images: ## Build the container images (needs Docker Buildx; see build/README.md)
 .PHONY: docs-flags
 docs-flags: ## Regenerate the flag tables in docs/configuration.md from MIC's and NMI's AddFlags.
 	go run ./hack/gen-flags-doc
+
+SANDBOX_FLAGS ?=
+
+.PHONY: sandbox
+sandbox: ## Run podidentity end to end on this machine (root): control plane, emulated Azure, nodes in network namespaces, MIC, NMI, demo. Ctrl-C stops it.
+	@mkdir -p $(BIN)
+	go build -o $(BIN)/sandbox ./cmd/sandbox
+	$(BIN)/sandbox --repo $(CURDIR) $(SANDBOX_FLAGS)
+
+.PHONY: sandbox-down
+sandbox-down: ## Stop a sandbox running in another terminal and remove what crashed runs left behind.
+	@mkdir -p $(BIN)
+	go build -o $(BIN)/sandbox ./cmd/sandbox
+	$(BIN)/sandbox down
+
+.PHONY: e2e
+e2e: control-plane ## Run only the end-to-end suite (test/e2e) in a sandbox.
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) go test $(GO_TEST_FLAGS) -v ./test/e2e/...

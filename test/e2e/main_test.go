@@ -32,6 +32,12 @@ const (
 	spSecret = "e2e-sp-secret"
 )
 
+// An identity MIC is told never to remove (--immutable-user-msis takes client IDs).
+const (
+	immutableName     = "e2e-immutable"
+	immutableClientID = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+)
+
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
@@ -49,6 +55,7 @@ func options() sandbox.Options {
 		MICArgs: []string{
 			"--identity-assignment-reconcile-interval=5s", "--batch-idle=200ms", "--batch-max=2s",
 			"--leader-election-duration=4s", "--arm-poll-interval=200ms",
+			"--immutable-user-msis=" + immutableClientID,
 		},
 		NMIArgs: []string{
 			"--retry-attempts-for-created=8", "--retry-attempts-for-assigned=8", "--find-identity-retry-interval=1",
@@ -61,6 +68,7 @@ func options() sandbox.Options {
 		StartTimeout:   3 * time.Minute,
 		World: func(c *emulator.Config) {
 			c.ServicePrincipals = append(c.ServicePrincipals, emulator.PrincipalConfig{AppID: spAppID, Secrets: []string{spSecret}})
+			c.UserAssignedIdentities = append(c.UserAssignedIdentities, emulator.IdentityConfig{Name: immutableName, ClientID: immutableClientID})
 		},
 	}
 }
