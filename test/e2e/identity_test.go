@@ -268,3 +268,34 @@ func TestFirstTokenWaitsForAssignment(t *testing.T) {
 	}
 	t.Logf("first token after %d attempt(s), %dms after the first request", r.Attempts, r.ElapsedMS)
 }
+
+// "service principal identity": a type-1 AzureIdentity whose secret lives in a Kubernetes
+// Secret; NMI gets the token from (emulated) Azure AD, MIC assigns nothing in ARM.
+func TestServicePrincipalIdentity(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "sp-secret"},
+		StringData: map[string]string{"clientSecret": spSecret},
+	}
+	if _, err := sb.Client.CoreV1().Secrets(ns).Create(ctxFor(t), secret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	id := &aadv1.AzureIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "sp"},
+		Spec: aadv1.AzureIdentitySpec{
+			Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: sb.Emulator.Config().TenantID,
+			ClientPassword: corev1.SecretReference{Name: "sp-secret", Namespace: ns},
+		},
+	}
+	if err := crc(t).Create(ctxFor(t), id); err != nil {
+		t.Fatal(err)
+	}
+	binding(t, ns, "sp-binding", "sp", ns)
+	pod(t, ns, "app", podOpts{Selector: ns}, "az", "login", "--identity")
+	r := firstToken(t, ns, "app")
+	if !strings.EqualFold(r.AppID, spAppID) || !armToken(r) {
+		t.Errorf("got %s (appid %s), want an ARM token for application %s", r.Summary(), r.AppID, spAppID)
+	}
+	waitAAIs(t, ns, 1, aadv1.AssignedIDAssigned)
+}

@@ -378,22 +378,31 @@ func isLeader(ctx context.Context, c *sandbox.Component) bool {
 	return false
 }
 
-// Liveness and readiness: every MIC replica and every NMI answers its probes.
+// Liveness and readiness: every MIC replica and every NMI answers /healthz, and becomes ready
+// (a MIC replica restarted by another test may still be syncing its caches, hence the wait).
 func TestProbesAnswer(t *testing.T) {
 	t.Parallel()
+	type target struct {
+		c    *sandbox.Component
+		port int
+	}
+	var all []target
 	for _, c := range sb.MIC {
-		for _, path := range []string{"/healthz", "/readyz"} {
-			if code, body, err := c.Get(ctxFor(t), sandbox.MICProbePort, path); err != nil || code != 200 {
-				t.Errorf("%s %s: %d %s %v", c.Name, path, code, body, err)
-			}
-		}
+		all = append(all, target{c, sandbox.MICProbePort})
 	}
 	for _, n := range sb.Nodes {
-		for _, path := range []string{"/healthz", "/readyz"} {
-			if code, body, err := n.NMI.Get(ctxFor(t), sandbox.NMIProbePort, path); err != nil || code != 200 {
-				t.Errorf("%s %s: %d %s %v", n.NMI.Name, path, code, body, err)
+		all = append(all, target{n.NMI, sandbox.NMIProbePort})
+	}
+	for _, tg := range all {
+		waitFor(t, tg.c.Name+" to answer /healthz and /readyz with 200", func(ctx context.Context) (bool, error) {
+			for _, path := range []string{"/healthz", "/readyz"} {
+				code, body, err := tg.c.Get(ctx, tg.port, path)
+				if err != nil || code != 200 {
+					return false, fmt.Errorf("%s: %d %s %v", path, code, body, err)
+				}
 			}
-		}
+			return true, nil
+		})
 	}
 }
 
