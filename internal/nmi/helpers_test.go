@@ -17,10 +17,10 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/go-logr/logr/testr"
-	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/emulator"
@@ -68,9 +68,9 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	ns := env.Namespace(t)
 	h := &harness{t: t, ns: ns, node: "node-" + ns, vm: "vm-" + ns}
 	ecfg := emulator.Config{
-		VirtualMachines: []emulator.VMConfig{{Name: h.vm}},
-		Timing:          o.timing,
-		ExtraTenants:    o.tenants,
+		VirtualMachines:   []emulator.VMConfig{{Name: h.vm}},
+		Timing:            o.timing,
+		ExtraTenants:      o.tenants,
 		ServicePrincipals: o.principals,
 	}
 	for _, n := range o.identities {
@@ -182,7 +182,7 @@ func (h *harness) assign(pod *corev1.Pod, id *aadv1.AzureIdentity, state aadv1.A
 
 func (h *harness) setState(a *aadv1.AzureAssignedIdentity, id *aadv1.AzureIdentity, state aadv1.AssignedIdentityState) {
 	h.t.Helper()
-	if state == aadv1.AssignedIDAssigned {
+	if state == aadv1.AssignedIDAssigned && id.Spec.Type == aadv1.UserAssignedMSI {
 		if err := h.emu.AssignIdentity(h.vm, id.Spec.ResourceID); err != nil {
 			h.t.Fatal(err)
 		}

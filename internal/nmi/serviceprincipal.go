@@ -2,6 +2,8 @@ package nmi
 
 import (
 	"context"
+	"crypto"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sort"
@@ -17,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/kubernetes"
 	toolscache "k8s.io/client-go/tools/cache"
+	"software.sslmate.com/src/go-pkcs12"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 )
@@ -104,7 +107,7 @@ func (s *ServicePrincipalSource) Fetch(ctx context.Context, id *aadv1.AzureIdent
 		if !ok {
 			return nil, fmt.Errorf("%w: Secret %s/%s of AzureIdentity %s/%s has no key certificate: put the PKCS#12 bundle there and its password under key password", ErrCredential, sec.Namespace, sec.Name, id.Namespace, id.Name)
 		}
-		certs, key, perr := azidentity.ParseCertificates(data, sec.Data["password"])
+		certs, key, perr := parsePFX(data, string(sec.Data["password"]))
 		if perr != nil {
 			return nil, fmt.Errorf("%w: certificate in Secret %s/%s of AzureIdentity %s/%s cannot be read (%v): store a PKCS#12 bundle with its key under certificate and its password under password", ErrCredential, sec.Namespace, sec.Name, id.Namespace, id.Name, perr)
 		}
@@ -130,6 +133,20 @@ func (s *ServicePrincipalSource) Fetch(ctx context.Context, id *aadv1.AzureIdent
 			TokenType: "Bearer", ClientID: id.Spec.ClientID, ObjectID: objectIDOf(at.Token)})
 	}
 	return out, nil
+}
+
+// parsePFX reads a PKCS#12 bundle, including the SHA-256 MACs and AES encryption that current
+// tools (OpenSSL 3, Azure Key Vault) write and that azidentity's own parser refuses; PEM input
+// falls back to azidentity.
+func parsePFX(data []byte, password string) ([]*x509.Certificate, crypto.PrivateKey, error) {
+	key, cert, chain, err := pkcs12.DecodeChain(data, password)
+	if err != nil {
+		if certs, k, err2 := azidentity.ParseCertificates(data, []byte(password)); err2 == nil {
+			return certs, k, nil
+		}
+		return nil, nil, err
+	}
+	return append([]*x509.Certificate{cert}, chain...), key, nil
 }
 
 // scopeOf turns a v1 resource into a v2 scope; a resource ending in "/" keeps it, which Azure AD

@@ -1,0 +1,61 @@
+package nmi
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+)
+
+// Several tokens (auxiliary tenants) render as a JSON array, primary first, numbers as strings.
+func TestRenderArray(t *testing.T) {
+	exp := time.Now().Add(time.Hour)
+	e := newEntry([]Token{
+		{AccessToken: "a", ExpiresOn: exp, NotBefore: time.Now(), Resource: "r", TokenType: "Bearer", ClientID: "c"},
+		{AccessToken: "b", ExpiresOn: exp, NotBefore: time.Now(), Resource: "r", TokenType: "Bearer", ClientID: "c"},
+	}, nil)
+	var arr []map[string]any
+	if err := json.Unmarshal(e.appendBody(nil, time.Now()), &arr); err != nil {
+		t.Fatal(err)
+	}
+	if len(arr) != 2 || arr[0]["access_token"] != "a" || arr[1]["access_token"] != "b" {
+		t.Fatalf("got %v", arr)
+	}
+	for _, k := range []string{"expires_in", "expires_on", "not_before", "client_id", "resource", "token_type"} {
+		if _, ok := arr[0][k].(string); !ok {
+			t.Errorf("%s is %T, want string", k, arr[0][k])
+		}
+	}
+}
+
+func TestStatusTable(t *testing.T) {
+	cases := []struct {
+		err   error
+		retry bool
+		want  int
+	}{
+		{ErrNoMetadataHeader, false, 400},
+		{&PodNotFoundError{IP: "1.2.3.4"}, false, 404},
+		{&AmbiguousPodError{IP: "1.2.3.4"}, false, 503},
+		{ErrNotBound, false, 403},
+		{ErrNotAssigned, false, 404},
+		{ErrNotAssigned, true, 503},
+		{ErrIdentityNotFound, false, 404},
+		{&rateLimitError{pod: "a/b", wait: time.Second}, false, 429},
+		{ErrCredential, false, 403},
+		{&UpstreamError{Service: "imds", Status: 500}, false, 503},
+		{&UpstreamError{Service: "imds", Status: 429}, false, 429},
+		{&UpstreamError{Service: "aad", Status: 401}, false, 403},
+		{&UpstreamError{Service: "aad", Status: 0}, false, 503},
+		{ErrUnavailable, false, 503},
+		{errors.New("other"), false, 503},
+	}
+	for _, c := range cases {
+		if got := statusOf(c.err, c.retry, 20*time.Second).status; got != c.want {
+			t.Errorf("%v (retry-after mode %v): %d, want %d", c.err, c.retry, got, c.want)
+		}
+	}
+	if ra := statusOf(ErrNotAssigned, true, 20*time.Second).retryAfter; ra != 20*time.Second {
+		t.Errorf("Retry-After %s", ra)
+	}
+}
