@@ -59,3 +59,23 @@ func TestStatusTable(t *testing.T) {
 		t.Errorf("Retry-After %s", ra)
 	}
 }
+
+func TestDetectKubenet(t *testing.T) {
+	cases := []struct {
+		f    NetworkFacts
+		want bool
+	}{
+		{NetworkFacts{KubeletArgs: `KUBELET_FLAGS="--network-plugin=kubenet --max-pods=110"`}, true},
+		{NetworkFacts{KubeletArgs: `KUBELET_FLAGS=--network-plugin=cni`}, false},
+		{NetworkFacts{KubeletArgs: `--network-plugin=cni`, CNIConfigs: map[string][]byte{
+			"10-calico.conflist": []byte(`{"name":"k8s-pod-network","plugins":[{"type":"calico","ipam":{"type":"host-local","subnet":"usePodCidr"}}]}`)}}, true},
+		{NetworkFacts{CNIConfigs: map[string][]byte{"10-bridge.conf": []byte(`{"name":"kubenet","type":"bridge","bridge":"cbr0"}`)}}, true},
+		{NetworkFacts{CNIConfigs: map[string][]byte{"10-azure.conflist": []byte(`{"name":"azure","plugins":[{"type":"azure-vnet","ipam":{"type":"azure-vnet-ipam"}}]}`)}}, false},
+		{NetworkFacts{CNIConfigs: map[string][]byte{"junk": []byte(`not json`)}}, false},
+	}
+	for i, c := range cases {
+		if got, why := DetectKubenet(c.f); got != c.want {
+			t.Errorf("case %d: %v (%s), want %v", i, got, why, c.want)
+		}
+	}
+}

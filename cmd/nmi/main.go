@@ -1,0 +1,277 @@
+// Command nmi is the podidentity node agent: it answers pods' IMDS token requests on behalf of
+// their bound Azure identities. It accepts every flag of aad-pod-identity's NMI.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/pflag"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/iptables"
+	"github.com/podidentity/podidentity/internal/nmi"
+)
+
+var version = "dev"
+
+// options are the command line; names are upstream NMI's.
+type options struct {
+	version                   bool
+	listenAddress             string
+	port                      int
+	metadataIP                string
+	metadataPort              int
+	node                      string
+	iptUpdateIntervalSec      int
+	forceNamespaced           bool
+	micNamespace              string
+	probePort                 int
+	retryAttemptsForCreated   int
+	retryAttemptsForAssigned  int
+	findIdentityRetryInterval int
+	enableProfile             bool
+	enableScaleFeatures       bool
+	blockInstanceMetadata     bool
+	metadataHeaderRequired    bool
+	prometheusPort            int
+	operationMode             string
+	allowKubenet              bool
+	kubeletConfig             string
+	setRetryAfterHeader       bool
+	enableConntrackDeletion   bool
+	logFormat                 string
+	// Ours.
+	podRateLimit      float64
+	podRateBurst      int
+	prefetchResources []string
+	cacheMaxEntries   int
+	cniConfDir        string
+	shutdownGrace     time.Duration
+}
+
+// AddFlags registers every upstream NMI flag plus podidentity's own.
+func (o *options) AddFlags(fs *pflag.FlagSet) {
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	fs.StringVar(&o.listenAddress, "nmi-listen-address", "127.0.0.1", "address NMI listens on (0.0.0.0 for Cilium local-redirect; DNAT still targets 127.0.0.1)")
+	fs.IntVar(&o.port, "nmi-port", 2579, "port NMI listens on; also the DNAT target port")
+	fs.StringVar(&o.metadataIP, "metadata-ip", "169.254.169.254", "IMDS address: DNAT match, proxy target and conntrack filter")
+	fs.IntVar(&o.metadataPort, "metadata-port", 80, "IMDS port")
+	fs.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	fs.IntVar(&o.iptUpdateIntervalSec, "ipt-update-interval-sec", 60, "seconds between checks and repairs of the iptables redirect")
+	fs.BoolVar(&o.forceNamespaced, "forceNamespaced", false, "namespaced mode: identities serve only pods of their own namespace (or env FORCENAMESPACED=true)")
+	fs.StringVar(&o.micNamespace, "MICNamespace", "default", "namespace of MIC, whose pods get IMDS passthrough")
+	fs.IntVar(&o.probePort, "http-probe-port", 8080, "port of /healthz and /readyz")
+	fs.IntVar(&o.retryAttemptsForCreated, "retry-attempts-for-created", 16, "standard mode: intervals to wait for a pod's assignment to appear")
+	fs.IntVar(&o.retryAttemptsForAssigned, "retry-attempts-for-assigned", 4, "standard mode: further intervals to wait for it to become Assigned")
+	fs.IntVar(&o.findIdentityRetryInterval, "find-identity-retry-interval", 5, "seconds per interval of those waits (waits are woken by the watch, not polled)")
+	fs.BoolVar(&o.enableProfile, "enableProfile", false, "serve pprof on localhost:6060")
+	fs.BoolVar(&o.enableScaleFeatures, "enableScaleFeatures", true, "accepted for compatibility: assignments are always watched by their nodename label")
+	fs.BoolVar(&o.blockInstanceMetadata, "block-instance-metadata", false, "answer 403 on /metadata/instance")
+	fs.BoolVar(&o.metadataHeaderRequired, "metadata-header-required", true, "refuse requests without the header Metadata: true")
+	fs.IntVar(&o.prometheusPort, "prometheus-port", 9090, "port of /metrics")
+	fs.StringVar(&o.operationMode, "operation-mode", nmi.ModeStandard, "standard (identities from MIC's assignments) or managed (from bindings; needs --forceNamespaced)")
+	fs.BoolVar(&o.allowKubenet, "allow-network-plugin-kubenet", false, "run on kubenet nodes despite the ARP-spoofing risk")
+	fs.StringVar(&o.kubeletConfig, "kubelet-config", "/etc/default/kubelet", "kubelet defaults file read by the kubenet check")
+	fs.BoolVar(&o.setRetryAfterHeader, "set-retry-after-header", false, "answer 503 + Retry-After at once instead of waiting for an assignment")
+	fs.BoolVar(&o.enableConntrackDeletion, "enable-conntrack-deletion", false, "after installing the redirect, delete conntrack entries to the metadata address")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (json is accepted; klog writes text)")
+	fs.Float64Var(&o.podRateLimit, "pod-rate-limit", 20, "token requests per second one pod may send that reach Azure (cache misses, passthrough); 0 = unlimited")
+	fs.IntVar(&o.podRateBurst, "pod-rate-burst", 40, "burst of --pod-rate-limit")
+	fs.StringSliceVar(&o.prefetchResources, "prefetch-resources", []string{"https://management.azure.com/"}, "resources fetched as soon as an identity is assigned (besides those pods asked for before)")
+	fs.IntVar(&o.cacheMaxEntries, "token-cache-max-entries", 10000, "maximum cached (identity, resource) tokens")
+	fs.StringVar(&o.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory read by the kubenet check")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 2*time.Second, "how long to keep serving after the redirect is removed on SIGTERM")
+}
+
+func (o *options) validate() error {
+	var errs []error
+	if o.port <= 0 || o.port > 65535 || o.probePort <= 0 || o.probePort > 65535 || o.prometheusPort <= 0 || o.prometheusPort > 65535 {
+		errs = append(errs, errors.New("--nmi-port, --http-probe-port and --prometheus-port must be 1-65535"))
+	}
+	if net.ParseIP(o.listenAddress) == nil {
+		errs = append(errs, fmt.Errorf("--nmi-listen-address=%q is not an IP address", o.listenAddress))
+	}
+	if o.iptUpdateIntervalSec <= 0 {
+		errs = append(errs, errors.New("--ipt-update-interval-sec must be positive"))
+	}
+	if o.logFormat != "text" && o.logFormat != "json" {
+		errs = append(errs, fmt.Errorf("--log-format=%q: use text or json", o.logFormat))
+	}
+	return errors.Join(errs...)
+}
+
+func (o *options) config() nmi.Config {
+	c := nmi.Config{
+		NodeName: o.node, MetadataIP: o.metadataIP, MetadataPort: o.metadataPort,
+		MetadataHeaderRequired: o.metadataHeaderRequired, BlockInstanceMetadata: o.blockInstanceMetadata,
+		OperationMode: o.operationMode, MICNamespace: o.micNamespace,
+		ForceNamespaced:         o.forceNamespaced || strings.EqualFold(os.Getenv(aadv1.ForceNamespacedEnv), "true"),
+		RetryAttemptsForCreated: o.retryAttemptsForCreated, RetryAttemptsForAssigned: o.retryAttemptsForAssigned,
+		FindIdentityRetryInterval: time.Duration(o.findIdentityRetryInterval) * time.Second,
+		SetRetryAfterHeader:       o.setRetryAfterHeader, PodRateLimit: o.podRateLimit, PodRateBurst: o.podRateBurst,
+		PrefetchResources: o.prefetchResources, Cache: nmi.CacheOptions{MaxEntries: o.cacheMaxEntries},
+	}
+	c.SetDefaults()
+	return c
+}
+
+func main() {
+	var o options
+	fs := pflag.NewFlagSet("nmi", pflag.ExitOnError)
+	o.AddFlags(fs)
+	gofs := flag.NewFlagSet("klog", flag.ExitOnError)
+	klog.InitFlags(gofs)
+	fs.AddGoFlagSet(gofs)
+	_ = fs.Parse(os.Args[1:])
+	if o.version {
+		fmt.Println(version)
+		return
+	}
+	log := klog.Background().WithName("nmi")
+	if err := run(&o, log); err != nil {
+		log.Error(err, "nmi failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+func run(o *options, log logr.Logger) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
+	cfg := o.config()
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if !o.allowKubenet {
+		facts, err := nmi.ReadNetworkFacts(o.kubeletConfig, o.cniConfDir)
+		if err != nil {
+			return err
+		}
+		if yes, why := nmi.DetectKubenet(facts); yes {
+			return fmt.Errorf("this node uses kubenet (%s): pods on a shared bridge can spoof each other's IPs and take their tokens; move to a CNI without a shared L2 bridge, or accept the risk with --allow-network-plugin-kubenet", why)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	// KUBECONFIG env as upstream; in-cluster config otherwise.
+	restCfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), nil).ClientConfig()
+	if err != nil {
+		return fmt.Errorf("building the Kubernetes client config (in-cluster, or $KUBECONFIG): %w", err)
+	}
+	restCfg.UserAgent = "podidentity-nmi/" + version
+	kc, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("creating the Kubernetes client: %w", err)
+	}
+
+	var synced, redirected atomic.Bool
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := nmi.NewMetrics(reg)
+	go serve(ctx, log, net.JoinHostPort("", strconv.Itoa(o.probePort)), probes(&synced, &redirected))
+	go serve(ctx, log, net.JoinHostPort("", strconv.Itoa(o.prometheusPort)), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if o.enableProfile {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		go serve(ctx, log, "localhost:6060", mux)
+	}
+
+	store := nmi.NewStore()
+	if err := nmi.Watch(ctx, restCfg, cfg, store, log.WithName("watch")); err != nil {
+		return err
+	}
+	synced.Store(true)
+	secrets := nmi.NewSecretWatcher(ctx, kc)
+	srv := nmi.NewServer(cfg, store, secrets, metrics, log.WithName("server"))
+	go srv.Run(ctx)
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(o.listenAddress, strconv.Itoa(o.port)))
+	if err != nil {
+		return fmt.Errorf("listening on %s:%d (--nmi-listen-address, --nmi-port): %w", o.listenAddress, o.port, err)
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		// Writes can follow a wait for an assignment (up to the retry budget).
+		WriteTimeout: cfg.FindIdentityRetryInterval*time.Duration(cfg.RetryAttemptsForCreated+cfg.RetryAttemptsForAssigned) + 30*time.Second,
+		IdleTimeout:  2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+
+	ipt, err := iptables.New("")
+	if err != nil {
+		return err
+	}
+	keeper := &iptables.Keeper{IPT: ipt, Sysctl: iptables.ProcSysctl{}, Log: log.WithName("iptables"),
+		Interval: time.Duration(o.iptUpdateIntervalSec) * time.Second,
+		Rules:    iptables.Rules{MetadataIP: o.metadataIP, MetadataPort: o.metadataPort, TargetIP: o.listenAddress, TargetPort: o.port}}
+	if o.enableConntrackDeletion {
+		keeper.Conntrack = func() (uint, error) { return iptables.DeleteConntrack(nil, keeper.Rules) }
+	}
+	iptErr := make(chan error, 1)
+	go func() { iptErr <- keeper.Run(ctx, func() { redirected.Store(true) }) }()
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serving: %w", err)
+	case err := <-iptErr:
+		if err != nil {
+			return err
+		}
+	}
+	// The redirect is gone: let in-flight requests finish, then stop.
+	time.Sleep(o.shutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return hs.Shutdown(sctx)
+}
+
+// probes: /healthz is liveness (always 200, body as upstream); /readyz is 200 only when the
+// watches have synced and the redirect is installed.
+func probes(synced, redirected *atomic.Bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if synced.Load() && redirected.Load() {
+			_, _ = w.Write([]byte("Active"))
+			return
+		}
+		_, _ = w.Write([]byte("Not Active"))
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !synced.Load() || !redirected.Load() {
+			http.Error(w, "not ready: watches synced="+strconv.FormatBool(synced.Load())+", redirect installed="+strconv.FormatBool(redirected.Load()), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok"))
+	})
+	return mux
+}
+
+func serve(ctx context.Context, log logr.Logger, addr string, h http.Handler) {
+	s := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	go func() { <-ctx.Done(); _ = s.Close() }()
+	if err := s.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error(err, "auxiliary server failed", "addr", addr)
+	}
+}
