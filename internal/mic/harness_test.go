@@ -183,7 +183,7 @@ func (w *world) identity(name string) *aadv1.AzureIdentity {
 }
 
 func (w *world) binding(name, identity, selector string) *aadv1.AzureIdentityBinding {
-	b := testenv.NewBinding(w.ns, name, identity, selector)
+	b := testenv.NewBinding(w.ns, name, identity, w.sel(selector))
 	env.Create(w.t, b)
 	return b
 }
@@ -201,8 +201,12 @@ func (w *world) vmNode(vm string) string {
 }
 
 func (w *world) pod(name, node, selector string) *corev1.Pod {
-	return env.CreatePod(w.t, testenv.PodSpec{Namespace: w.ns, Name: name, Node: node, Binding: selector})
+	return env.CreatePod(w.t, testenv.PodSpec{Namespace: w.ns, Name: name, Node: node, Binding: w.sel(selector)})
 }
+
+// sel makes a selector unique to the test: bindings match pods across namespaces, and earlier
+// tests' objects stay in the shared control plane.
+func (w *world) sel(s string) string { return w.ns + "-" + s }
 
 func (w *world) deletePod(name string) {
 	w.t.Helper()
