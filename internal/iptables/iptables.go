@@ -147,16 +147,17 @@ func Ensure(ipt Runner, r Rules) (changed bool, err error) {
 
 // Remove deletes the jump and the chain (on shutdown).
 func Remove(ipt Runner) error {
+	ok, err := ipt.ChainExists(table, Chain)
+	if err != nil || !ok {
+		// No chain means no jump either: iptables refuses jumps to missing chains.
+		return err
+	}
 	var errs []error
 	if err := ipt.DeleteIfExists(table, PreRouting, "-j", Chain); err != nil {
 		errs = append(errs, fmt.Errorf("deleting the %s jump: %w", PreRouting, err))
 	}
-	if ok, err := ipt.ChainExists(table, Chain); err != nil {
-		errs = append(errs, err)
-	} else if ok {
-		if err := ipt.ClearAndDeleteChain(table, Chain); err != nil {
-			errs = append(errs, fmt.Errorf("deleting chain %s: %w", Chain, err))
-		}
+	if err := ipt.ClearAndDeleteChain(table, Chain); err != nil {
+		errs = append(errs, fmt.Errorf("deleting chain %s: %w", Chain, err))
 	}
 	return errors.Join(errs...)
 }
