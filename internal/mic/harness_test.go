@@ -33,7 +33,7 @@ const micAppID = "11111111-2222-3333-4444-555555555555"
 
 // world is one test's emulated Azure plus its namespace.
 type world struct {
-	t   *testing.T
+	t   testing.TB
 	e   *emulator.Emulator
 	ns  string
 	sub string
@@ -41,7 +41,9 @@ type world struct {
 	dir string
 }
 
-func newWorld(t *testing.T, cfg emulator.Config) *world {
+func newWorld(t *testing.T, cfg emulator.Config) *world { return newWorldTB(t, cfg) }
+
+func newWorldTB(t testing.TB, cfg emulator.Config) *world {
 	t.Helper()
 	cfg.ServicePrincipals = append(cfg.ServicePrincipals, emulator.PrincipalConfig{AppID: micAppID, Secrets: []string{"secret"},
 		DeniedIdentities: deniedOf(cfg)})
@@ -153,13 +155,19 @@ func (w *world) startMIC(mo micOpts) *micProc {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &micProc{cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		p.done <- mic.Run(ctx, mic.RunConfig{Rest: env.Config, Compute: compute, Options: o, Log: testr.NewWithOptions(w.t, testr.Options{Verbosity: 0}),
+		p.done <- mic.Run(ctx, mic.RunConfig{Rest: env.Config, Compute: compute, Options: o, Log: testr.NewWithInterface(w.t, testr.Options{Verbosity: 0}),
 			LeaderElection: !mo.noLeader, LeaseName: leaseID, LeaseNamespace: w.ns, LeaseDuration: lease,
 			ProbeAddr: "0", MetricsAddr: "0", Metrics: mic.NewMetrics(nil),
 			OnController: func(c *mic.Controller) { p.mu.Lock(); p.ctl = c; p.mu.Unlock() }})
 	}()
 	w.t.Cleanup(p.stop)
 	return p
+}
+
+func (p *micProc) controller() *mic.Controller {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ctl
 }
 
 func (p *micProc) stop() {
@@ -258,7 +266,7 @@ func (w *world) assigned(resource string) []string {
 
 // eventually polls cond until it holds; the deadline is generous and only catches hangs (no
 // timing is asserted).
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
+func eventually(t testing.TB, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	last := ""
