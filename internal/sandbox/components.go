@@ -251,19 +251,37 @@ func (s *Sandbox) startNMI(ctx, runCtx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// No kubelet and no CNI configuration exist here; NMI's kubenet check reads these (empty)
+	// stand-ins instead of whatever the machine has. (The sandbox's per-node bridge is
+	// kubenet-like, but its pods are the project's own probe clients.)
+	kubeletDefaults := filepath.Join(s.Dir, "kubelet-defaults")
+	cniDir := filepath.Join(s.Dir, "cni-net.d")
+	if err := os.WriteFile(kubeletDefaults, nil, 0o644); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cniDir, 0o755); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	for i, n := range s.Nodes {
+		// The chart's arguments, plus the kubeconfig (through $KUBECONFIG, as NMI reads it).
 		args := []string{
-			"--node=" + n.Name, "--kubeconfig=" + s.Kubeconfig,
-			"--http-probe-port=" + strconv.Itoa(NMIProbePort), "--nmi-port=" + strconv.Itoa(NMIPort),
-			"--prometheus-port=" + strconv.Itoa(NMIMetricsPort),
-			"--metadata-ip=169.254.169.254", "--metadata-port=80",
+			"--node=" + n.Name,
+			"--http-probe-port=" + strconv.Itoa(NMIProbePort), "--prometheus-port=" + strconv.Itoa(NMIMetricsPort),
+			"--MICNamespace=" + MICNamespace, "--kubelet-config=" + kubeletDefaults, "--cni-conf-dir=" + cniDir,
+			"--nmi-port=" + strconv.Itoa(NMIPort), "--metadata-ip=169.254.169.254", "--metadata-port=80",
 			"-v=" + strconv.Itoa(s.Opts.Verbosity),
 		}
 		c, err := s.startComponent(runCtx, proc.Spec{
 			Name: "nmi-" + strconv.Itoa(i), Path: filepath.Join(s.binDir, "nmi"), NetNS: n.Net.NS,
 			Args: append(args, s.Opts.NMIArgs...), LogDir: filepath.Join(s.Dir, "logs"),
-			Env: []string{"NODE_NAME=" + n.Name, "AZURE_ENVIRONMENT_FILEPATH=" + envFile},
+			Env: []string{
+				"NODE_NAME=" + n.Name, "KUBECONFIG=" + s.Kubeconfig,
+				// Custom-cloud endpoints as MIC reads them; NMI takes service principals' Azure AD
+				// from each identity's adEndpoint, and trusts the emulator's CA through Go's
+				// SSL_CERT_FILE (the sandbox has no other destination).
+				"AZURE_ENVIRONMENT_FILEPATH=" + envFile, "SSL_CERT_FILE=" + filepath.Join(s.Dir, "emulator-ca.pem"),
+			},
 		})
 		if err != nil {
 			return err

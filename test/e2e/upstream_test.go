@@ -243,7 +243,8 @@ func TestOutOfBandUnassignmentHealed(t *testing.T) {
 // survives MIC's release, and an assignment whose identity vanished out of band is still
 // cleaned up.
 func TestForeignIdentityUntouchedAndOutOfBandRemovalCleanedUp(t *testing.T) {
-	t.Parallel()
+	// Not parallel: the emulator applies a running PATCH's identity set when its operation ends,
+	// so an out-of-band change made while another test's PATCH of the same VM runs would be lost.
 	ns := namespace(t)
 	node := sb.Nodes[2]
 	foreign := azureIdentity(t, "foreign")
@@ -409,7 +410,8 @@ func TestProbesAnswer(t *testing.T) {
 // "bypass NMI using AzurePodIdentityException": a pod matching an exception gets IMDS's own
 // answer for an identity on its node, without any binding; a pod without the labels does not.
 func TestExceptionPodGetsPassthrough(t *testing.T) {
-	t.Parallel()
+	// Not parallel: the emulator applies a running PATCH's identity set when its operation ends,
+	// so an out-of-band change made while another test's PATCH of the same VM runs would be lost.
 	ns := namespace(t)
 	node := sb.Nodes[2]
 	info := azureIdentity(t, "exception")
