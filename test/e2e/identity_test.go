@@ -286,7 +286,7 @@ func TestServicePrincipalIdentity(t *testing.T) {
 		Spec: aadv1.AzureIdentitySpec{
 			Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: sb.Emulator.Config().TenantID,
 			// A custom cloud's Azure AD, named per identity as upstream allows.
-			ADEndpoint: sb.Emulator.AADURL() + "/",
+			ADEndpoint:     sb.Emulator.AADURL() + "/",
 			ClientPassword: corev1.SecretReference{Name: "sp-secret", Namespace: ns},
 		},
 	}

@@ -2,8 +2,8 @@ package e2e
 
 import (
 	"fmt"
-	"os/exec"
 	"net/url"
+	"os/exec"
 	"strings"
 	"testing"
 
