@@ -192,7 +192,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 	compute := armcloud.NewReloading(c0)
-	go azureconfig.Watch(ctx, log, settings.Files, 10*time.Second, func() {
+	go azureconfig.Watch(ctx, log, settings.Files, settings.Fingerprint, 10*time.Second, func() {
 		s, err := azureconfig.Load(o.cloudconfig, getenv)
 		if err != nil {
 			log.Error(err, "reloading the Azure configuration failed; keeping the previous one")

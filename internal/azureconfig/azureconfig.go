@@ -50,8 +50,10 @@ type Settings struct {
 	Env    Environment
 	// CAs is the pool to trust when Env.CABundle is set (system roots plus the bundle).
 	CAs *x509.CertPool
-	// Files are the paths the settings came from, for Watch.
-	Files []string
+	// Files are the paths the settings came from, and Fingerprint their contents when read,
+	// for Watch (a change between Load and Watch is then not missed).
+	Files       []string
+	Fingerprint string
 }
 
 // EnvironmentFileVar is the variable naming a custom cloud's environment file.
@@ -98,6 +100,7 @@ func Load(path string, getenv func(string) string) (*Settings, error) {
 	}
 	s.Env, s.CAs = env, cas
 	s.Files = append(s.Files, files...)
+	s.Fingerprint = Fingerprint(s.Files)
 	return s, s.validate()
 }
 
@@ -208,11 +211,10 @@ func Fingerprint(files []string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
-// Watch polls files every interval and calls onChange after their contents changed, until ctx
-// ends. Polling, rather than inotify, also sees ConfigMap/Secret volume updates, which replace a
-// symlink instead of writing the file.
-func Watch(ctx context.Context, log logr.Logger, files []string, interval time.Duration, onChange func()) {
-	last := Fingerprint(files)
+// Watch polls files every interval and calls onChange after their contents differ from the
+// fingerprint last (Settings.Fingerprint), until ctx ends. Polling, rather than inotify, also sees
+// ConfigMap/Secret volume updates, which replace a symlink instead of writing the file.
+func Watch(ctx context.Context, log logr.Logger, files []string, last string, interval time.Duration, onChange func()) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {

@@ -97,11 +97,12 @@ func TestCustomCloudEnvironmentFile(t *testing.T) {
 func TestWatchSeesContentChange(t *testing.T) {
 	dir := t.TempDir()
 	p := write(t, dir, "azure.json", `{"aadClientSecret":"old"}`)
+	fp := Fingerprint([]string{p})
 	var calls atomic.Int32
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		Watch(ctx, logr.Discard(), []string{p}, 10*time.Millisecond, func() { calls.Add(1) })
+		Watch(ctx, logr.Discard(), []string{p}, fp, 10*time.Millisecond, func() { calls.Add(1) })
 		close(done)
 	}()
 	write(t, dir, "azure.json", `{"aadClientSecret":"new"}`)
