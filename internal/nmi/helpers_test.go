@@ -44,7 +44,7 @@ const armResource = "https://management.azure.com/"
 // harness is one node: an emulated VM with its IMDS, NMI's real server on loopback, the shared
 // control plane, and a fresh namespace.
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	ns    string
 	node  string
 	vm    string
@@ -63,7 +63,7 @@ type harnessOpts struct {
 	tenants    []string
 }
 
-func newHarness(t *testing.T, o harnessOpts) *harness {
+func newHarness(t testing.TB, o harnessOpts) *harness {
 	t.Helper()
 	ns := env.Namespace(t)
 	h := &harness{t: t, ns: ns, node: "node-" + ns, vm: "vm-" + ns}
@@ -107,8 +107,11 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	h.ctx = ctx
-	log := testr.NewWithOptions(t, testr.Options{Verbosity: 1})
-	ctrllog.SetLogger(log)
+	log := logr.Discard()
+	if tt, ok := t.(*testing.T); ok {
+		log = testr.NewWithOptions(tt, testr.Options{Verbosity: 1})
+		ctrllog.SetLogger(log)
+	}
 	h.store = NewStore()
 	if err := Watch(ctx, env.Config, cfg, h.store, log); err != nil {
 		t.Fatalf("watch: %v", err)
@@ -226,7 +229,7 @@ type answer struct {
 	body   []byte
 }
 
-func (a answer) json(t *testing.T) map[string]any {
+func (a answer) json(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(a.body, &m); err != nil {
@@ -293,7 +296,6 @@ func (h *harness) imdsTokenCalls(clientID string) int64 {
 	return h.emu.Count(emulator.CounterKey{Service: emulator.ServiceIMDS, Operation: emulator.OpIMDSToken, Identity: clientID})
 }
 
-var _ = logr.Discard
 var _ = strings.TrimSpace
 
 func waitBriefly() { time.Sleep(10 * time.Millisecond) }
