@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
 )
 
 // podInfo is the little NMI needs to know about a pod on this node. Informers feed it; the hot
@@ -369,7 +370,7 @@ func (s *Store) boundIdentitiesLocked(p *podInfo, forceNamespaced bool) []*aadv1
 		if id == nil || seen[k] {
 			continue
 		}
-		if (forceNamespaced || id.IsNamespaced()) && (b.Namespace != p.Namespace || id.Namespace != p.Namespace) {
+		if binding.Namespaced(id, forceNamespaced) && (b.Namespace != p.Namespace || id.Namespace != p.Namespace) {
 			continue
 		}
 		seen[k] = true
