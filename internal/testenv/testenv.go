@@ -111,6 +111,8 @@ func Start() (*Env, error) {
 	}
 	cfg, err := e.Start()
 	if err != nil {
+		// envtest leaves etcd and kube-apiserver running when a later step (CRD install) fails.
+		_ = e.Stop()
 		return nil, fmt.Errorf("starting kube-apiserver and etcd from %s: %w", assets, err)
 	}
 	// Tests create many objects quickly; the client-go default of 5 QPS would dominate run time.
