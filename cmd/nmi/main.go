@@ -30,9 +30,8 @@ import (
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/iptables"
 	"github.com/podidentity/podidentity/internal/nmi"
+	"github.com/podidentity/podidentity/internal/version"
 )
-
-var version = "dev"
 
 // options are the command line; names are upstream NMI's.
 type options struct {
@@ -60,6 +59,7 @@ type options struct {
 	setRetryAfterHeader       bool
 	enableConntrackDeletion   bool
 	logFormat                 string
+	customUserAgent           string
 	// Ours.
 	podRateLimit      float64
 	podRateBurst      int
@@ -94,6 +94,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.kubeletConfig, "kubelet-config", "/etc/default/kubelet", "kubelet defaults file read by the kubenet check")
 	fs.BoolVar(&o.setRetryAfterHeader, "set-retry-after-header", false, "answer 503 + Retry-After at once instead of waiting for an assignment")
 	fs.BoolVar(&o.enableConntrackDeletion, "enable-conntrack-deletion", false, "after installing the redirect, delete conntrack entries to the metadata address")
+	fs.StringVar(&o.customUserAgent, "custom-user-agent", "", "text appended to NMI's User-Agent (podidentity/nmi/<version>)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (json is accepted; klog writes text)")
 	fs.Float64Var(&o.podRateLimit, "pod-rate-limit", 20, "token requests per second one pod may send that reach Azure (cache misses, passthrough); 0 = unlimited")
 	fs.IntVar(&o.podRateBurst, "pod-rate-burst", 40, "burst of --pod-rate-limit")
@@ -143,8 +144,7 @@ func main() {
 	klog.InitFlags(gofs)
 	fs.AddGoFlagSet(gofs)
 	_ = fs.Parse(os.Args[1:])
-	if o.version {
-		fmt.Println(version)
+	if version.PrintIfRequested(o.version, "nmi", os.Stdout) {
 		return
 	}
 	log := klog.Background().WithName("nmi")
@@ -181,7 +181,7 @@ func run(o *options, log logr.Logger) error {
 	if err != nil {
 		return fmt.Errorf("building the Kubernetes client config (in-cluster, or $KUBECONFIG): %w", err)
 	}
-	restCfg.UserAgent = "podidentity-nmi/" + version
+	restCfg.UserAgent = version.UserAgent("nmi", o.customUserAgent)
 	kc, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("creating the Kubernetes client: %w", err)

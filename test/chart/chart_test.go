@@ -489,17 +489,19 @@ func TestRBACGranted(t *testing.T) {
 				{nmi, "create", aad, "azureassignedidentities", other, false},
 				{nmi, "update", "", "pods", other, false},
 				{nmi, "list", "", "nodes", "", false},
-				{nmi, "list", "", "secrets", other, false},
 				{nmi, "create", aad, "azureidentities", other, false},
 			}
-			switch s.name {
-			case "default", "everything":
-				checks = append(checks, access{nmi, "get", "", "secrets", other, true})
-			case "upstream-values", "managed":
-				checks = append(checks, access{nmi, "get", "", "secrets", other, false})
-			case "namespaced":
-				checks = append(checks, access{nmi, "get", "", "secrets", secretNS, true},
-					access{nmi, "get", "", "secrets", other, false})
+			// NMI watches each service principal's Secret by name: get, list and watch go together.
+			for _, verb := range []string{"get", "list", "watch"} {
+				switch s.name {
+				case "default", "everything":
+					checks = append(checks, access{nmi, verb, "", "secrets", other, true})
+				case "upstream-values", "managed":
+					checks = append(checks, access{nmi, verb, "", "secrets", other, false})
+				case "namespaced":
+					checks = append(checks, access{nmi, verb, "", "secrets", secretNS, true},
+						access{nmi, verb, "", "secrets", other, false})
+				}
 			}
 			if !managed {
 				checks = append(checks,
