@@ -164,6 +164,10 @@ func run(o *options, log logr.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	// Service principals use the cloud MIC uses (AZURE_ENVIRONMENT_FILEPATH / CLOUD).
+	if err := cfg.LoadCloud(os.Getenv); err != nil {
+		return err
+	}
 	if !o.allowKubenet {
 		facts, err := nmi.ReadNetworkFacts(o.kubeletConfig, o.cniConfDir)
 		if err != nil {

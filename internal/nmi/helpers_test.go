@@ -56,7 +56,9 @@ type harness struct {
 }
 
 type harnessOpts struct {
-	cfg        func(*Config)
+	cfg func(*Config)
+	// withEmu adjusts the config once the emulator runs (its URLs and CA are known).
+	withEmu    func(*Config, *emulator.Emulator)
 	identities []string // user-assigned identities to create in the emulator
 	principals []emulator.PrincipalConfig
 	timing     emulator.Timing
@@ -99,6 +101,9 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
+	}
+	if o.withEmu != nil {
+		o.withEmu(&cfg, emu)
 	}
 	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {

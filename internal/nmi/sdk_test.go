@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -247,5 +248,89 @@ func TestAuxiliaryTenantsRequested(t *testing.T) {
 	aux := h.emu.Count(emulator.CounterKey{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken, Resource: auxTenant})
 	if home != 1 || aux != 1 {
 		t.Errorf("AAD token calls: home tenant %d (200), auxiliary %d; want 1 and 1", home, aux)
+	}
+}
+
+// A custom cloud: with no adEndpoint on the identity and no authority or CA configured in code,
+// NMI reaches the emulator's Azure AD only through the upstream AZURE_ENVIRONMENT_FILEPATH file
+// (read by MIC's parser): its activeDirectoryEndpoint and its caBundle. An identity's adEndpoint
+// still wins over the file.
+func TestServicePrincipalCustomCloud(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, harnessOpts{principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}},
+		withEmu: func(c *Config, emu *emulator.Emulator) {
+			caFile, envFile := dir+"/ca.pem", dir+"/cloud.json"
+			if err := emu.WriteCA(caFile); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, envFile, `{"name":"AzureStackCloud","resourceManagerEndpoint":"`+emu.ARMURL()+`/","activeDirectoryEndpoint":"`+
+				emu.AADURL()+`/","caBundle":"`+caFile+`"}`)
+			// Nothing from code: only what the file says.
+			c.AuthorityHost, c.AADClientOptions = "", azcore.ClientOptions{}
+			if err := c.LoadCloud(func(k string) string {
+				if k == "AZURE_ENVIRONMENT_FILEPATH" {
+					return envFile
+				}
+				return ""
+			}); err != nil {
+				t.Fatalf("LoadCloud: %v", err)
+			}
+			if c.AuthorityHost != emu.AADURL()+"/" || c.AADClientOptions.Transport == nil {
+				t.Fatalf("LoadCloud took authority %q, transport %v; want %s/ and a transport trusting caBundle", c.AuthorityHost, c.AADClientOptions.Transport, emu.AADURL())
+			}
+		}})
+	tenant := h.emu.Config().TenantID
+	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"clientSecret": []byte("s3cret")}})
+	sp := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Spec: aadv1.AzureIdentitySpec{
+		Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: tenant, ClientPassword: corev1.SecretReference{Name: "sp"}}}
+	// The same principal with an adEndpoint where nothing listens: that identity must fail,
+	// which shows adEndpoint is used over the file.
+	bad := sp.DeepCopy()
+	bad.Name, bad.Spec.ADEndpoint = "sp-bad", "https://127.0.0.1:1/"
+	env.Create(t, sp)
+	env.Create(t, bad)
+	h.binding("sp", "sp")
+	h.binding("sp-bad", "bad")
+	pod, badPod := h.pod("app", "sp", nil), h.pod("bad", "bad", nil)
+	h.assign(pod, sp, aadv1.AssignedIDAssigned)
+	h.assign(badPod, bad, aadv1.AssignedIDAssigned)
+
+	a := h.token(pod)
+	wantStatus(t, a, 200)
+	if c := h.claims(a); c["appid"] != spAppID || c["tid"] != tenant {
+		t.Errorf("token for %v in %v, want %s in %s", c["appid"], c["tid"], spAppID, tenant)
+	}
+	wantStatus(t, h.token(badPod), 503)
+	if n := h.emu.Count(emulator.CounterKey{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken}); n != 1 {
+		t.Errorf("emulator AAD saw %d token calls, want 1 (the identity with adEndpoint must not reach it)", n)
+	}
+}
+
+// A custom-cloud file that MIC's parser refuses stops NMI with an error naming the variable.
+func TestLoadCloudErrors(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir+"/bad.json", `{"name":"x","activeDirectoryEndpoint":"https://login.example/"}`)
+	for name, file := range map[string]string{"missing": dir + "/none.json", "incomplete": dir + "/bad.json"} {
+		var c Config
+		err := c.LoadCloud(func(k string) string {
+			if k == "AZURE_ENVIRONMENT_FILEPATH" {
+				return file
+			}
+			return ""
+		})
+		if err == nil || !strings.Contains(err.Error(), "AZURE_ENVIRONMENT_FILEPATH") {
+			t.Errorf("%s file: want an error naming AZURE_ENVIRONMENT_FILEPATH, got %v", name, err)
+		}
+	}
+	var c Config
+	if err := c.LoadCloud(func(string) string { return "" }); err != nil || c.AuthorityHost != "" || c.AADClientOptions.Transport != nil {
+		t.Errorf("without the variables LoadCloud must keep the defaults: %v %+v", err, c)
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
