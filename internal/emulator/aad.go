@@ -300,7 +300,11 @@ func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request, tenant str
 	e.mu.RLock()
 	p := e.principals[strings.ToLower(clientID)]
 	e.mu.RUnlock()
-	if p == nil || !strings.EqualFold(p.TenantID, tenant) {
+	var tid string
+	if p != nil {
+		tid = p.Tenants[strings.ToLower(tenant)]
+	}
+	if tid == "" {
 		writeAADError(w, r, &aadErr{400, "unauthorized_client", 700016, fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", clientID, tenant)})
 		return
 	}
@@ -330,7 +334,7 @@ func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request, tenant str
 	}
 	now := time.Now()
 	life := e.cfg.Timing.TokenLifetime.Duration
-	tok, exp, err := e.mintToken(tokenSpec{Audience: resource, TenantID: p.TenantID, AppID: p.AppID, OID: p.ObjectID, Lifetime: life}, now)
+	tok, exp, err := e.mintToken(tokenSpec{Audience: resource, TenantID: tid, AppID: p.AppID, OID: p.ObjectID, Lifetime: life}, now)
 	if err != nil {
 		writeAADError(w, r, &aadErr{500, "server_error", 50000, err.Error()})
 		return

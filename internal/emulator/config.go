@@ -91,10 +91,14 @@ type IdentityConfig struct {
 // PrincipalConfig is an AAD application/service principal that can get tokens with a secret or a
 // certificate and call ARM.
 type PrincipalConfig struct {
-	AppID    string   `json:"appID"`
-	ObjectID string   `json:"objectID,omitempty"`
-	TenantID string   `json:"tenantID,omitempty"`
-	Secrets  []string `json:"secrets,omitempty"`
+	AppID    string `json:"appID"`
+	ObjectID string `json:"objectID,omitempty"`
+	TenantID string `json:"tenantID,omitempty"`
+	// Tenants are further tenants the application is also registered in (a multi-tenant app
+	// consented there), so it can get tokens in each, e.g. for auxiliary tenants. Its home
+	// tenant (TenantID) is always one of them; tokens carry the tenant asked for as tid.
+	Tenants []string `json:"tenants,omitempty"`
+	Secrets []string `json:"secrets,omitempty"`
 	// Certificates are PEM-encoded X.509 certificates (inline PEM or a path to a PEM file).
 	Certificates []string `json:"certificates,omitempty"`
 	// DeniedIdentities are identities (names or IDs) this principal may not assign; assigning one

@@ -207,7 +207,11 @@ func (e *Emulator) addPrincipal(pc PrincipalConfig) error {
 	for _, d := range pc.DeniedIdentities {
 		p.Denied[e.identityKey(d)] = true
 	}
-	e.tenants[strings.ToLower(p.TenantID)] = true
+	p.Tenants = map[string]string{}
+	for _, t := range append([]string{p.TenantID}, pc.Tenants...) {
+		p.Tenants[strings.ToLower(t)] = t
+		e.tenants[strings.ToLower(t)] = true
+	}
 	e.principals[strings.ToLower(p.AppID)] = p
 	e.byOID[strings.ToLower(p.ObjectID)] = p
 	return nil

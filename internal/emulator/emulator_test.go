@@ -193,6 +193,39 @@ func TestUnknownClientAndTenantAndScopeFailWithAADSTSCodes(t *testing.T) {
 	}
 }
 
+// A principal registered in further tenants gets tokens in each (tid = the tenant asked for);
+// a principal registered only at home is still refused in another known tenant.
+func TestMultiTenantPrincipalGetsTokensInEachTenant(t *testing.T) {
+	const other = "0f0f0f0f-1111-2222-3333-444444444444"
+	e := newWorld(t, func(c *Config) {
+		c.ServicePrincipals[0].Tenants = []string{other}
+	})
+	home := e.Config().TenantID
+	c, err := azidentity.NewClientSecretCredential(home, testApp, testSecret, &azidentity.ClientSecretCredentialOptions{
+		ClientOptions: e.ClientOptions(), DisableInstanceDiscovery: true, AdditionallyAllowedTenants: []string{other}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tenant := range []string{home, other} {
+		tok, err := c.GetToken(ctx(t), policy.TokenRequestOptions{Scopes: []string{"https://management.azure.com/.default"}, TenantID: tenant})
+		if err != nil {
+			t.Fatalf("tenant %s: %v", tenant, err)
+		}
+		claims, err := e.VerifyToken(tok.Token)
+		if err != nil || claims["tid"] != tenant || claims["iss"] != e.Issuer(tenant) || claims["appid"] != testApp {
+			t.Errorf("tenant %s: token claims tid=%v iss=%v appid=%v (%v)", tenant, claims["tid"], claims["iss"], claims["appid"], err)
+		}
+	}
+	d, err := azidentity.NewClientSecretCredential(other, deniedApp, testSecret, &azidentity.ClientSecretCredentialOptions{
+		ClientOptions: e.ClientOptions(), DisableInstanceDiscovery: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.GetToken(ctx(t), policy.TokenRequestOptions{Scopes: []string{"https://management.azure.com/.default"}}); err == nil || !strings.Contains(err.Error(), "AADSTS700016") {
+		t.Errorf("single-tenant app in another tenant: want AADSTS700016, got %v", err)
+	}
+}
+
 func TestV1TokenEndpointReturnsStringNumbers(t *testing.T) {
 	e := newWorld(t, nil)
 	resp, err := e.HTTPClient().PostForm(e.AADURL()+"/"+e.Config().TenantID+"/oauth2/token", map[string][]string{

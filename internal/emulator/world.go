@@ -117,9 +117,12 @@ type host struct {
 // principal is a service principal.
 type principal struct {
 	AppID, ObjectID, TenantID string
-	Secrets                   []string
-	CertsSHA1, CertsSHA256    map[string]*certInfo
-	Denied                    map[string]bool // lower identity IDs
+	// Tenants maps every tenant the app is registered in (lower case, home included) to its
+	// configured spelling, which tokens carry.
+	Tenants                map[string]string
+	Secrets                []string
+	CertsSHA1, CertsSHA256 map[string]*certInfo
+	Denied                 map[string]bool // lower identity IDs
 }
 
 // operation is an ARM long-running operation.

@@ -6,8 +6,10 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -222,10 +224,10 @@ func TestServicePrincipals(t *testing.T) {
 	wantStatus(t, a, 403)
 }
 
-// auxiliaryTenantIDs: NMI asks Azure AD in each tenant. The emulator knows a principal in one
-// tenant only, so the auxiliary request is refused there; what is checked is that it is made (in
-// the auxiliary tenant, after the primary) and that the refusal is a 403 naming the tenant. The
-// array shape of a success is checked in TestRenderArray.
+// auxiliaryTenantIDs: NMI asks Azure AD in each tenant. Here the principal is registered in its
+// home tenant only, so the auxiliary request is refused there; what is checked is that it is made
+// (in the auxiliary tenant, after the primary) and that the refusal is a 403 naming the tenant.
+// Success is TestAuxiliaryTenantsSuccess.
 func TestAuxiliaryTenantsRequested(t *testing.T) {
 	h := newHarness(t, harnessOpts{tenants: []string{auxTenant}, principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}}})
 	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"any-key": []byte("s3cret")}})
@@ -332,5 +334,47 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// auxiliaryTenantIDs with a principal registered in both tenants: the answer is the upstream
+// JSON array, one IMDS-shaped token per tenant, primary first, each issued by that tenant.
+func TestAuxiliaryTenantsSuccess(t *testing.T) {
+	h := newHarness(t, harnessOpts{principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}, Tenants: []string{auxTenant}}}})
+	home := h.emu.Config().TenantID
+	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"clientSecret": []byte("s3cret")}})
+	sp := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Spec: aadv1.AzureIdentitySpec{
+		Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: home, AuxiliaryTenantIDs: []string{auxTenant},
+		ClientPassword: corev1.SecretReference{Name: "sp"}}}
+	env.Create(t, sp)
+	h.binding("sp", "sp")
+	pod := h.pod("app", "sp", nil)
+	h.assign(pod, sp, aadv1.AssignedIDAssigned)
+
+	for round := 0; round < 2; round++ { // fetched, then from the cache: same shape
+		a := h.token(pod)
+		wantStatus(t, a, 200)
+		var toks []map[string]any
+		if err := json.Unmarshal(a.body, &toks); err != nil {
+			t.Fatalf("answer is not a JSON array of tokens: %v: %s", err, a.body)
+		}
+		if len(toks) != 2 {
+			t.Fatalf("%d tokens, want 2 (primary, auxiliary): %s", len(toks), a.body)
+		}
+		for i, want := range []string{home, auxTenant} {
+			if _, ok := toks[i]["expires_on"].(string); !ok || toks[i]["client_id"] != spAppID || toks[i]["token_type"] != "Bearer" {
+				t.Errorf("token %d is not IMDS-shaped (string numbers, client_id): %v", i, toks[i])
+			}
+			c, err := h.emu.VerifyToken(fmt.Sprint(toks[i]["access_token"]))
+			if err != nil {
+				t.Fatalf("token %d does not verify: %v", i, err)
+			}
+			if c["tid"] != want || c["appid"] != spAppID {
+				t.Errorf("token %d: tid %v appid %v, want tid %s appid %s", i, c["tid"], c["appid"], want, spAppID)
+			}
+		}
+	}
+	if n := h.emu.Count(emulator.CounterKey{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken, Resource: auxTenant, Status: 200}); n != 1 {
+		t.Errorf("auxiliary tenant issued %d tokens, want 1 (the second answer is cached)", n)
 	}
 }
