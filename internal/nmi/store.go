@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
@@ -86,7 +87,9 @@ type Store struct {
 	identities map[string]*aadv1.AzureIdentity        // ns/name
 	bindings   map[string]*aadv1.AzureIdentityBinding // ns/name
 	bySelector map[string]map[string]*aadv1.AzureIdentityBinding
-	exceptions map[string]map[string]map[string]string // namespace -> exception name -> podLabels
+	// exceptions per namespace, sorted by name: the slice internal/binding.IsExcepted takes, kept
+	// ready so that a request allocates nothing.
+	exceptions map[string][]*aadv1.AzurePodIdentityException
 	changed    chan struct{}
 
 	// onAssigned is called (outside the lock) when an assignment becomes Assigned.
@@ -102,7 +105,7 @@ func NewStore() *Store {
 		aaisByPod: map[string]map[string]*aaiInfo{}, aaiByKey: map[string]*aaiInfo{},
 		identities: map[string]*aadv1.AzureIdentity{}, bindings: map[string]*aadv1.AzureIdentityBinding{},
 		bySelector: map[string]map[string]*aadv1.AzureIdentityBinding{},
-		exceptions: map[string]map[string]map[string]string{},
+		exceptions: map[string][]*aadv1.AzurePodIdentityException{},
 		changed:    make(chan struct{}),
 	}
 }
@@ -314,15 +317,14 @@ func (s *Store) unindexBindingLocked(k string) {
 	}
 }
 
-// UpsertException records an AzurePodIdentityException.
+// UpsertException records an AzurePodIdentityException (only what matching needs).
 func (s *Store) UpsertException(e *aadv1.AzurePodIdentityException) {
+	slim := &aadv1.AzurePodIdentityException{ObjectMeta: metav1.ObjectMeta{Namespace: e.Namespace, Name: e.Name}, Spec: e.Spec}
 	s.mu.Lock()
-	m := s.exceptions[e.Namespace]
-	if m == nil {
-		m = map[string]map[string]string{}
-		s.exceptions[e.Namespace] = m
-	}
-	m[e.Name] = e.Spec.PodLabels
+	list := s.withoutExceptionLocked(e.Namespace, e.Name)
+	list = append(list, slim)
+	sort.Slice(list, func(a, b int) bool { return list[a].Name < list[b].Name })
+	s.exceptions[e.Namespace] = list
 	s.notifyLocked()
 	s.mu.Unlock()
 }
@@ -330,29 +332,35 @@ func (s *Store) UpsertException(e *aadv1.AzurePodIdentityException) {
 // DeleteException forgets an AzurePodIdentityException.
 func (s *Store) DeleteException(namespace, name string) {
 	s.mu.Lock()
-	if m := s.exceptions[namespace]; m != nil {
-		delete(m, name)
-		if len(m) == 0 {
-			delete(s.exceptions, namespace)
-		}
+	if list := s.withoutExceptionLocked(namespace, name); len(list) > 0 {
+		s.exceptions[namespace] = list
+	} else {
+		delete(s.exceptions, namespace)
 	}
 	s.notifyLocked()
 	s.mu.Unlock()
 }
 
-// excepted reports whether an AzurePodIdentityException in the pod's namespace matches it: any
-// one label of the exception present on the pod with an equal value (case-insensitive values).
+// withoutExceptionLocked returns a new slice of the namespace's exceptions minus name: readers
+// may hold the old slice, so it is never changed in place.
+func (s *Store) withoutExceptionLocked(namespace, name string) []*aadv1.AzurePodIdentityException {
+	old := s.exceptions[namespace]
+	out := make([]*aadv1.AzurePodIdentityException, 0, len(old)+1)
+	for _, e := range old {
+		if e.Name != name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// excepted reports whether an AzurePodIdentityException matches the pod, by MIC's rule
+// (binding.IsExcepted): only exceptions in the pod's namespace count, and one matches when any
+// one of its labels is on the pod with an equal value (values compared case-insensitively).
 func (s *Store) excepted(p *podInfo) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	for _, labels := range s.exceptions[p.Namespace] {
-		for k, v := range labels {
-			if pv, ok := p.Labels[k]; ok && strings.EqualFold(pv, v) {
-				return true
-			}
-		}
-	}
-	return false
+	return binding.IsExcepted(p.Namespace, p.Labels, s.exceptions[p.Namespace])
 }
 
 // boundIdentitiesLocked returns the identities the pod is bound to now, through bindings whose

@@ -5,6 +5,10 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	aadv1 "github.com/podidentity/podidentity/api/v1"
 )
 
 // Several tokens (auxiliary tenants) render as a JSON array, primary first, numbers as strings.
@@ -77,5 +81,38 @@ func TestDetectKubenet(t *testing.T) {
 		if got, why := DetectKubenet(c.f); got != c.want {
 			t.Errorf("case %d: %v (%s), want %v", i, got, why, c.want)
 		}
+	}
+}
+
+// Exceptions go through internal/binding's rule: only the pod's namespace counts, any one label
+// with a case-insensitively equal value matches, and updates and deletes take effect.
+func TestStoreExceptions(t *testing.T) {
+	s := NewStore()
+	pod := &podInfo{Namespace: "apps", Name: "p", Labels: map[string]string{"app": "agent", "tier": "x"}}
+	exc := func(ns, name string, labels map[string]string) *aadv1.AzurePodIdentityException {
+		return &aadv1.AzurePodIdentityException{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: labels}}
+	}
+	s.UpsertException(exc("other", "e", map[string]string{"app": "agent"}))
+	if s.excepted(pod) {
+		t.Fatal("an exception in another namespace excepted the pod")
+	}
+	s.UpsertException(exc("apps", "e1", map[string]string{"app": "web", "tier": "X"}))
+	s.UpsertException(exc("apps", "e2", map[string]string{"app": "nope"}))
+	if !s.excepted(pod) {
+		t.Fatal("exception e1 (tier=X, one label enough, value case-insensitive) did not match")
+	}
+	s.UpsertException(exc("apps", "e1", map[string]string{"Tier": "x"})) // keys are exact
+	if s.excepted(pod) {
+		t.Fatal("an updated exception kept matching with a key of another case")
+	}
+	s.UpsertException(exc("apps", "e2", map[string]string{"app": "AGENT"}))
+	if !s.excepted(pod) || len(s.exceptions["apps"]) != 2 {
+		t.Fatalf("updated e2 should match and apps should hold 2 exceptions, has %d", len(s.exceptions["apps"]))
+	}
+	s.DeleteException("apps", "e2")
+	s.DeleteException("apps", "e1")
+	if s.excepted(pod) || s.exceptions["apps"] != nil {
+		t.Fatal("deleted exceptions still match or linger")
 	}
 }
