@@ -125,6 +125,8 @@ type micOpts struct {
 	lease    time.Duration
 	leaseID  string
 	noLeader bool
+	// probeAddr serves /healthz and /readyz; empty turns them off.
+	probeAddr string
 }
 
 // startMIC runs MIC's real code path (settings → armcloud → mic.Run with leader election).
@@ -157,11 +159,18 @@ func (w *world) startMIC(mo micOpts) *micProc {
 	go func() {
 		p.done <- mic.Run(ctx, mic.RunConfig{Rest: env.Config, Compute: compute, Options: o, Log: testr.NewWithInterface(w.t, testr.Options{Verbosity: 0}),
 			LeaderElection: !mo.noLeader, LeaseName: leaseID, LeaseNamespace: w.ns, LeaseDuration: lease,
-			ProbeAddr: "0", MetricsAddr: "0", Metrics: mic.NewMetrics(nil),
+			ProbeAddr: cmpOr(mo.probeAddr, "0"), MetricsAddr: "0", Metrics: mic.NewMetrics(nil),
 			OnController: func(c *mic.Controller) { p.mu.Lock(); p.ctl = c; p.mu.Unlock() }})
 	}()
 	w.t.Cleanup(p.stop)
 	return p
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 func (p *micProc) controller() *mic.Controller {

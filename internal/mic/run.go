@@ -119,14 +119,7 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 		return fmt.Errorf("creating the controller manager: %w", err)
 	}
 	var synced atomic.Bool
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		// Readiness: caches synced (leader and standby both).
-		if mgr.GetCache().WaitForCacheSync(ctx) {
-			synced.Store(true)
-		}
-		<-ctx.Done()
-		return nil
-	})); err != nil {
+	if err := mgr.Add(&cacheWarmer{cache: mgr.GetCache(), synced: &synced}); err != nil {
 		return err
 	}
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -153,6 +146,31 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 		return fmt.Errorf("%w: %w", ErrLeaseLost, err)
 	}
 	return err
+}
+
+// cacheWarmer starts the informers MIC reads on every replica, leader or standby, and marks
+// readiness once they are synced. A standby is then ready (and not restarted by its probe), and a
+// new leader starts with a warm cache instead of listing everything after the failover.
+type cacheWarmer struct {
+	cache  cache.Cache
+	synced *atomic.Bool
+}
+
+// NeedLeaderElection is false: the warmer runs on standbys too.
+func (w *cacheWarmer) NeedLeaderElection() bool { return false }
+
+func (w *cacheWarmer) Start(ctx context.Context) error {
+	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.Node{}, &aadv1.AzureIdentity{},
+		&aadv1.AzureIdentityBinding{}, &aadv1.AzureAssignedIdentity{}} {
+		if _, err := w.cache.GetInformer(ctx, obj); err != nil {
+			return fmt.Errorf("starting the informer for %T: %w", obj, err)
+		}
+	}
+	if w.cache.WaitForCacheSync(ctx) {
+		w.synced.Store(true)
+	}
+	<-ctx.Done()
+	return nil
 }
 
 func slimPod(obj any) (any, error) {
