@@ -88,3 +88,8 @@ sandbox-down: ## Stop a sandbox running in another terminal and remove what cras
 .PHONY: e2e
 e2e: control-plane ## Run only the end-to-end suite (test/e2e) in a sandbox.
 	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) go test $(GO_TEST_FLAGS) -v ./test/e2e/...
+
+.PHONY: bench-mic
+bench-mic: control-plane ## MIC benchmarks: pure desired state (20k pods) and end to end on envtest + emulator (MIC_FULL=1 for 2,000 pods / 30 nodes).
+	go test ./internal/mic/desired -run '^$$' -bench . -benchtime 20x
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) go test ./internal/mic -run '^$$' -bench EndToEnd -benchtime 1x -timeout 30m $(if $(MIC_FULL),-mic.full)
