@@ -101,10 +101,22 @@ type Result struct {
 	// Error is the error code and description of a failure.
 	Error    string `json:"error,omitempty"`
 	Attempts int    `json:"attempts"`
+	// Tries are the answers of the failed attempts of a token request (the last one too when no
+	// token came), so a retry mode such as NMI's --set-retry-after-header can be checked from
+	// the outcome.
+	Tries []Try `json:"tries,omitempty"`
 	// Elapsed is the time from the first request to this result.
 	ElapsedMS int64 `json:"elapsedMs"`
 	// Time is when the result was produced (RFC 3339).
 	Time string `json:"time"`
+}
+
+// Try is one failed attempt of a token request.
+type Try struct {
+	// Status is the HTTP status (0: no answer).
+	Status int `json:"status"`
+	// RetryAfter is the Retry-After header in seconds (0: none).
+	RetryAfter int `json:"retryAfter,omitempty"`
 }
 
 // Summary is the one-line human form of a result, used as the Event message.
@@ -446,7 +458,8 @@ func (c *Client) token(ctx context.Context, line, user, resource string) (Result
 				res.Error = strings.TrimSpace(string(truncate(body, 200)))
 			}
 		}
-		fmt.Fprintf(c.log, "probe-client: attempt %d for %s: status %d: %s\n", attempt, u, status, res.Error)
+		fmt.Fprintf(c.log, "probe-client: attempt %d for %s: status %d (Retry-After %s): %s\n", attempt, u, status, retryAfter, res.Error)
+		res.Tries = append(res.Tries, Try{Status: status, RetryAfter: int(retryAfter / time.Second)})
 		if !retriable(status) || attempt > c.opts.Retries || ctx.Err() != nil {
 			break
 		}

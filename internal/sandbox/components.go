@@ -274,7 +274,7 @@ func (s *Sandbox) startNMI(ctx, runCtx context.Context) error {
 		}
 		c, err := s.startComponent(runCtx, proc.Spec{
 			Name: "nmi-" + strconv.Itoa(i), Path: filepath.Join(s.binDir, "nmi"), NetNS: n.Net.NS,
-			Args: append(args, s.Opts.NMIArgs...), LogDir: filepath.Join(s.Dir, "logs"),
+			Args: append(append(args, s.Opts.NMIArgs...), n.NMIArgs...), LogDir: filepath.Join(s.Dir, "logs"),
 			Env: []string{
 				"NODE_NAME=" + n.Name, "KUBECONFIG=" + s.Kubeconfig,
 				// Custom-cloud endpoints as MIC reads them; NMI takes service principals' Azure AD

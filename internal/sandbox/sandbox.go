@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -62,6 +63,11 @@ type Options struct {
 	NMI bool
 	// MICArgs and NMIArgs are extra flags for every MIC / NMI.
 	MICArgs, NMIArgs []string
+	// ExtraNodes are nodes added after the default world's, each a standalone VM of its own
+	// with its own NMI flags. They carry the taint ExtraNodeTaint, so only pods that name them
+	// (spec.nodeName) run there: tests of NMI modes (--set-retry-after-header,
+	// --block-instance-metadata) get a node without changing what every other test sees.
+	ExtraNodes []NodeSpec
 	// ProbeArgs are extra flags of the probe client in every container.
 	ProbeArgs []string
 	// RestartBackoff is the first crash-loop delay of containers (kubelet: 10 s).
@@ -121,17 +127,45 @@ func (o *Options) Validate() error {
 	if _, err := os.Stat(filepath.Join(o.RepoRoot, "go.mod")); err != nil {
 		return fmt.Errorf("--repo %s is not the podidentity checkout (no go.mod): run from the repository or pass --repo", o.RepoRoot)
 	}
+	seen := map[string]bool{VMName: true}
+	for _, e := range o.ExtraNodes {
+		if errs := validation.IsDNS1123Label(e.Name); len(errs) > 0 {
+			return fmt.Errorf("extra node name %q: %s: use a lower-case DNS label", e.Name, strings.Join(errs, "; "))
+		}
+		if seen[e.Name] {
+			return fmt.Errorf("extra node name %q is used twice (or by the default world): give each node its own name", e.Name)
+		}
+		seen[e.Name] = true
+		if len(e.NMIArgs) > 0 && !o.NMI {
+			return fmt.Errorf("extra node %s has NMI flags but NMI is off: set NMI (--nmi) or drop the flags", e.Name)
+		}
+	}
 	if o.StartTimeout <= 0 || o.RestartBackoff <= 0 {
 		return errors.New("--start-timeout and --restart-backoff must be positive")
 	}
 	return nil
 }
 
+// NodeSpec is an extra node (Options.ExtraNodes).
+type NodeSpec struct {
+	// Name is the node's and its VM's name.
+	Name string
+	// NMIArgs are added, on this node only, after Options.NMIArgs.
+	NMIArgs []string
+}
+
+// ExtraNodeTaint is the taint key of extra nodes (effect NoSchedule, value the node name).
+const ExtraNodeTaint = "sandbox.podidentity.io/extra-node"
+
 // Node is one sandbox node.
 type Node struct {
 	Name, ProviderID string
 	// HostKey names the node's VM or VMSS instance in the emulator.
 	HostKey string
+	// Extra is set on Options.ExtraNodes, which are tainted ExtraNodeTaint.
+	Extra bool
+	// NMIArgs are this node's extra NMI flags (Options.ExtraNodes).
+	NMIArgs []string
 	Net     *topology.Node
 	NMI     *Component
 }
@@ -346,6 +380,10 @@ func (s *Sandbox) startEmulator() error {
 	if s.Opts.World != nil {
 		s.Opts.World(&cfg)
 	}
+	// Appended last, so the default nodes keep their order (and indexes) in s.Nodes.
+	for _, e := range s.Opts.ExtraNodes {
+		cfg.VirtualMachines = append(cfg.VirtualMachines, emulator.VMConfig{Name: e.Name})
+	}
 	for _, addr := range []*string{&cfg.ARMAddr, &cfg.AADAddr, &cfg.AdminAddr} {
 		port, err := controlplane.FreePort()
 		if err != nil {
@@ -398,6 +436,13 @@ func (s *Sandbox) startNodes(ctx, runCtx context.Context) error {
 	for i, spec := range specs {
 		nn := s.Network.Nodes[i]
 		n := &Node{Name: spec.Name, ProviderID: spec.ProviderID, HostKey: spec.HostKey, Net: nn}
+		var taints []corev1.Taint
+		for _, e := range s.Opts.ExtraNodes {
+			if e.Name == spec.Name {
+				n.Extra, n.NMIArgs = true, e.NMIArgs
+				taints = append(taints, corev1.Taint{Key: ExtraNodeTaint, Value: e.Name, Effect: corev1.TaintEffectNoSchedule})
+			}
+		}
 		s.Nodes = append(s.Nodes, n)
 		// The node's own IMDS, on 169.254.169.254:80 inside its namespace only.
 		ln, err := netns.Listen(nn.NS, topology.MetadataIP+":80")
@@ -424,7 +469,8 @@ func (s *Sandbox) startNodes(ctx, runCtx context.Context) error {
 				"topology.kubernetes.io/region":    s.Emulator.Config().Location,
 				"node.kubernetes.io/instance-type": "Standard_DS2_v2",
 			},
-			Net: nn, PodNSPrefix: s.prefix + "n" + strconv.Itoa(i), ProbeClient: filepath.Join(s.binDir, "probe-client"),
+			Taints: taints,
+			Net:    nn, PodNSPrefix: s.prefix + "n" + strconv.Itoa(i), ProbeClient: filepath.Join(s.binDir, "probe-client"),
 			ProbeArgs: probeArgs, Dir: s.Dir, RestartBase: s.Opts.RestartBackoff, OnResult: s.onResult,
 		})
 		if err != nil {

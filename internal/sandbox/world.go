@@ -61,10 +61,12 @@ func World(profile string) (emulator.Config, error) {
 		ResourceGroup:           ResourceGroup,
 		Location:                emulator.DefaultLocation,
 		VirtualMachineScaleSets: []emulator.VMSSConfig{{Name: ScaleSet, Instances: 2}},
-		VirtualMachines:         []emulator.VMConfig{{Name: VMName}},
-		ServicePrincipals:       []emulator.PrincipalConfig{{AppID: MICAppID, Secrets: []string{MICSecret}}},
-		Timing:                  t,
-		IMDS:                    emulator.DefaultIMDSLimits(),
+		// The standalone VM has a system-assigned identity, as many AKS VMs do: MIC must leave it
+		// alone while it adds and removes user-assigned ones.
+		VirtualMachines:   []emulator.VMConfig{{Name: VMName, SystemAssigned: true}},
+		ServicePrincipals: []emulator.PrincipalConfig{{AppID: MICAppID, Secrets: []string{MICSecret}}},
+		Timing:            t,
+		IMDS:              emulator.DefaultIMDSLimits(),
 	}
 	for _, name := range Identities {
 		cfg.UserAssignedIdentities = append(cfg.UserAssignedIdentities, emulator.IdentityConfig{Name: name})

@@ -38,6 +38,10 @@ const (
 	immutableClientID = "1d2c3b4a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 )
 
+// modesNode is the extra node whose NMI runs with --set-retry-after-header and
+// --block-instance-metadata (a standalone VM of its own).
+const modesNode = "aks-nmimodes-12345678-0"
+
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
@@ -60,6 +64,9 @@ func options() sandbox.Options {
 		NMIArgs: []string{
 			"--retry-attempts-for-created=8", "--retry-attempts-for-assigned=8", "--find-identity-retry-interval=1",
 		},
+		// One node whose NMI runs the optional modes, so their scenarios do not change what the
+		// parallel tests on the default nodes see (it is tainted: only pods naming it run there).
+		ExtraNodes:     []sandbox.NodeSpec{{Name: modesNode, NMIArgs: []string{"--set-retry-after-header", "--block-instance-metadata"}}},
 		ProbeArgs:      []string{"--retries=4", "--retry-delay=500ms", "--retry-max-delay=2s", "--request-timeout=60s"},
 		RestartBackoff: time.Second,
 		Demo:           true,

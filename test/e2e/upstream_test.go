@@ -467,7 +467,7 @@ func TestWorkloadsFromBestPractices(t *testing.T) {
 		pods  int
 	}{
 		{"Deployment demo", owned("ReplicaSet", "demo-"), 1},
-		{"DaemonSet demo-daemonset", owned("DaemonSet", "demo-daemonset"), len(sb.Nodes)},
+		{"DaemonSet demo-daemonset", owned("DaemonSet", "demo-daemonset"), len(defaultNodes())},
 		{"Job demo-job", owned("Job", "demo-job"), 1},
 		{"CronJob demo-cronjob", owned("Job", "demo-cronjob-"), 1},
 	} {

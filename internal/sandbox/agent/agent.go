@@ -54,6 +54,9 @@ type Config struct {
 	NodeName, ProviderID string
 	// Labels are added to the Node (kubernetes.io/hostname and os/arch are always set).
 	Labels map[string]string
+	// Taints are set on the Node when it is created (the sandbox's extra nodes keep other pods
+	// away with them; pods naming the node in spec.nodeName still run, as with a kubelet).
+	Taints []corev1.Taint
 	// Net is the node's namespace and pod address pool.
 	Net *topology.Node
 	// PodNSPrefix starts the names of pod namespaces.
@@ -116,7 +119,8 @@ func (a *Agent) Register(ctx context.Context) error {
 	}
 	node := &corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{Name: a.cfg.NodeName, Labels: labels},
-		Spec:       corev1.NodeSpec{ProviderID: a.cfg.ProviderID, PodCIDR: a.cfg.Net.PodCIDR.String(), PodCIDRs: []string{a.cfg.Net.PodCIDR.String()}},
+		Spec: corev1.NodeSpec{ProviderID: a.cfg.ProviderID, PodCIDR: a.cfg.Net.PodCIDR.String(), PodCIDRs: []string{a.cfg.Net.PodCIDR.String()},
+			Taints: a.cfg.Taints},
 	}
 	got, err := c.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
