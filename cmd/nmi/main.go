@@ -67,6 +67,9 @@ type options struct {
 	cacheMaxEntries   int
 	cniConfDir        string
 	shutdownGrace     time.Duration
+	// For benchmarks and tests on a developer machine only.
+	redirect         bool
+	auxListenAddress string
 }
 
 // AddFlags registers every upstream NMI flag plus podidentity's own.
@@ -101,6 +104,8 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.prefetchResources, "prefetch-resources", []string{"https://management.azure.com/"}, "resources fetched as soon as an identity is assigned (besides those pods asked for before)")
 	fs.IntVar(&o.cacheMaxEntries, "token-cache-max-entries", 10000, "maximum cached (identity, resource) tokens")
 	fs.StringVar(&o.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory read by the kubenet check")
+	fs.BoolVar(&o.redirect, "redirect", true, "install the iptables redirect of IMDS traffic to NMI; false is for benchmarks and tests only (NMI then never touches iptables, sysctls or conntrack, and pods reach it only when called directly)")
+	fs.StringVar(&o.auxListenAddress, "aux-listen-address", "", "address of the probe and Prometheus servers; empty listens on all interfaces (kubelet probes come to the node IP); 127.0.0.1 keeps them off the network (benchmarks, tests)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 2*time.Second, "how long to keep serving after the redirect is removed on SIGTERM")
 }
 
@@ -114,6 +119,9 @@ func (o *options) validate() error {
 	}
 	if o.iptUpdateIntervalSec <= 0 {
 		errs = append(errs, errors.New("--ipt-update-interval-sec must be positive"))
+	}
+	if o.auxListenAddress != "" && net.ParseIP(o.auxListenAddress) == nil {
+		errs = append(errs, fmt.Errorf("--aux-listen-address=%q is not an IP address: use one, or leave it empty for all interfaces", o.auxListenAddress))
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format=%q: use text or json", o.logFormat))
@@ -195,8 +203,8 @@ func run(o *options, log logr.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := nmi.NewMetrics(reg)
-	go serve(ctx, log, net.JoinHostPort("", strconv.Itoa(o.probePort)), probes(&synced, &redirected))
-	go serve(ctx, log, net.JoinHostPort("", strconv.Itoa(o.prometheusPort)), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	go serve(ctx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.probePort)), probes(&synced, &redirected))
+	go serve(ctx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.prometheusPort)), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if o.enableProfile {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -223,6 +231,20 @@ func run(o *options, log logr.Logger) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 
+	if !o.redirect {
+		// Benchmarks and tests: no iptables, sysctl or conntrack change on the machine running
+		// NMI; "ready" then means the watches synced.
+		log.Info("--redirect=false: not installing the iptables redirect; only clients calling NMI's address directly are served")
+		redirected.Store(true)
+		select {
+		case err := <-serveErr:
+			return fmt.Errorf("serving: %w", err)
+		case <-ctx.Done():
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	}
 	ipt, err := iptables.New("")
 	if err != nil {
 		return err

@@ -52,3 +52,29 @@ func TestManagedNeedsNamespaced(t *testing.T) {
 		t.Fatalf("FORCENAMESPACED=true should satisfy managed mode: %v", err)
 	}
 }
+
+// The benchmark/test switches: the redirect is on unless turned off, and the auxiliary servers'
+// address must be an IP when given.
+func TestRedirectAndAuxListenFlags(t *testing.T) {
+	var o options
+	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse([]string{"--node=n"}); err != nil {
+		t.Fatal(err)
+	}
+	if !o.redirect || o.auxListenAddress != "" {
+		t.Fatalf("defaults: redirect=%v aux=%q, want true and all interfaces", o.redirect, o.auxListenAddress)
+	}
+	if err := fs.Parse([]string{"--redirect=false", "--aux-listen-address=localhost"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "--aux-listen-address") {
+		t.Fatalf("want an error naming --aux-listen-address, got %v", err)
+	}
+	if err := fs.Parse([]string{"--aux-listen-address=127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.validate(); err != nil || o.redirect {
+		t.Fatalf("redirect=%v err=%v, want false and no error", o.redirect, err)
+	}
+}

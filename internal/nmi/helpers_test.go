@@ -58,7 +58,10 @@ type harness struct {
 type harnessOpts struct {
 	cfg func(*Config)
 	// withEmu adjusts the config once the emulator runs (its URLs and CA are known).
-	withEmu    func(*Config, *emulator.Emulator)
+	withEmu func(*Config, *emulator.Emulator)
+	// wrapIMDS, when set, wraps the listener the emulator's IMDS serves on (e.g. to count the
+	// connections NMI opens to it).
+	wrapIMDS   func(net.Listener) net.Listener
 	identities []string // user-assigned identities to create in the emulator
 	principals []emulator.PrincipalConfig
 	timing     emulator.Timing
@@ -87,8 +90,15 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	t.Cleanup(func() { _ = emu.Close() })
 	h.emu = emu
-	imdsURL, err := emu.StartIMDS(h.vm, "")
-	if err != nil {
+	var imdsURL string
+	if o.wrapIMDS != nil {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = emu.ServeIMDS(h.vm, o.wrapIMDS(ln)) }() // ends when the emulator closes
+		imdsURL = "http://" + ln.Addr().String()
+	} else if imdsURL, err = emu.StartIMDS(h.vm, ""); err != nil {
 		t.Fatalf("starting IMDS: %v", err)
 	}
 	u, _ := url.Parse(imdsURL)
@@ -116,6 +126,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if tt, ok := t.(*testing.T); ok {
 		log = testr.NewWithOptions(tt, testr.Options{Verbosity: 1})
 		ctrllog.SetLogger(log)
+	} else {
+		ctrllog.SetLogger(log) // benchmarks: discard, and no "SetLogger was never called" dump
 	}
 	h.store = NewStore()
 	if err := Watch(ctx, env.Config, cfg, h.store, log); err != nil {
