@@ -50,8 +50,6 @@ type block struct {
 	line                int
 }
 
-var fence = regexp.MustCompile("(?m)^```")
-
 // blocks returns the fenced code blocks of a Markdown page and the prose between them.
 func blocks(doc string) (bs []block, prose string) {
 	lines := strings.Split(doc, "\n")

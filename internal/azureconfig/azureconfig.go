@@ -190,6 +190,7 @@ func (s *Settings) validate() error {
 		}
 	}
 	if len(missing) > 0 {
+		//lint:ignore ST1005 "Azure" is a proper noun.
 		return fmt.Errorf("Azure configuration lacks %s: %w", strings.Join(missing, ", "), ErrConfig)
 	}
 	return nil

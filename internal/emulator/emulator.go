@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -52,7 +51,6 @@ type Emulator struct {
 	imdsMu   sync.Mutex
 	imds     map[string]*imdsEndpoint // canonical host key → endpoint
 	armAuth  sync.Map                 // bearer token → *armCaller, so ARM GETs skip RSA verification
-	opSeq    atomic.Int64
 
 	servers  []*http.Server
 	armURL   string

@@ -20,6 +20,7 @@ var (
 	// ErrRateLimited: the pod exceeded its token-request budget.
 	ErrRateLimited = errors.New("rate limited")
 	// ErrNoMetadataHeader: the Metadata: true header is missing.
+	//lint:ignore ST1005 IMDS's own wording, which clients match on.
 	ErrNoMetadataHeader = errors.New("Required metadata header not specified")
 	// ErrCredential: an identity's credentials are unusable as configured (bad Secret content,
 	// unsupported type); retrying does not help.

@@ -4,7 +4,6 @@ import "github.com/podidentity/podidentity/internal/nmi/imdsreq"
 
 // Request parsing lives in imdsreq (pure, fuzzed on its own); these names keep this package terse.
 type (
-	route      = imdsreq.Route
 	TokenQuery = imdsreq.TokenQuery
 )
 
