@@ -15,7 +15,9 @@ import (
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/azureconfig"
@@ -39,11 +41,32 @@ type world struct {
 	sub string
 	rg  string
 	dir string
+	// rest and cl reach the control plane this world's objects live in: the package's shared one,
+	// or a dedicated one (newWorldOn) for tests that restart it.
+	rest      *rest.Config
+	cl        client.Client
+	dedicated bool
 }
 
 func newWorld(t *testing.T, cfg emulator.Config) *world { return newWorldTB(t, cfg) }
 
 func newWorldTB(t testing.TB, cfg emulator.Config) *world {
+	t.Helper()
+	w := newEmulated(t, cfg)
+	w.ns, w.rest, w.cl = env.Namespace(t), env.Config, env.Client
+	return w
+}
+
+// newWorldOn is newWorld on a dedicated control plane reached through rc/cl, in namespace ns
+// (which must exist).
+func newWorldOn(t testing.TB, cfg emulator.Config, rc *rest.Config, cl client.Client, ns string) *world {
+	t.Helper()
+	w := newEmulated(t, cfg)
+	w.ns, w.rest, w.cl, w.dedicated = ns, rc, cl, true
+	return w
+}
+
+func newEmulated(t testing.TB, cfg emulator.Config) *world {
 	t.Helper()
 	cfg.ServicePrincipals = append(cfg.ServicePrincipals, emulator.PrincipalConfig{AppID: micAppID, Secrets: []string{"secret"},
 		DeniedIdentities: deniedOf(cfg)})
@@ -58,8 +81,7 @@ func newWorldTB(t testing.TB, cfg emulator.Config) *world {
 		t.Fatalf("starting emulator: %v", err)
 	}
 	t.Cleanup(func() { _ = e.Close() })
-	w := &world{t: t, e: e, ns: env.Namespace(t), sub: e.Config().SubscriptionID, rg: e.Config().ResourceGroup, dir: t.TempDir()}
-	return w
+	return &world{t: t, e: e, sub: e.Config().SubscriptionID, rg: e.Config().ResourceGroup, dir: t.TempDir()}
 }
 
 // denied is a marker name: identities whose name starts with it are denied to MIC's principal.
@@ -127,13 +149,24 @@ type micOpts struct {
 	noLeader bool
 	// probeAddr serves /healthz and /readyz; empty turns them off.
 	probeAddr string
+	// metricsAddr serves /metrics; empty turns it off. The metrics then go to controller-runtime's
+	// registry (shared by every MIC of this process that serves them), as in cmd/mic.
+	metricsAddr string
 }
 
 // startMIC runs MIC's real code path (settings → armcloud → mic.Run with leader election).
 func (w *world) startMIC(mo micOpts) *micProc {
 	w.t.Helper()
 	s := w.settings(mo.azure)
-	compute, err := armcloud.New(s, armcloud.Options{PollInterval: 50 * time.Millisecond})
+	// As in cmd/mic: ARM calls are observed by MIC's metrics, which are served (and so
+	// registered with controller-runtime's registry) only when asked for.
+	var m *mic.Metrics
+	if mo.metricsAddr == "" {
+		m = mic.NewMetrics(nil)
+	} else {
+		m = mic.NewMetrics(crmetrics.Registry)
+	}
+	compute, err := armcloud.New(s, armcloud.Options{PollInterval: 50 * time.Millisecond, Observe: m.ObserveARM})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -157,9 +190,9 @@ func (w *world) startMIC(mo micOpts) *micProc {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &micProc{cancel: cancel, done: make(chan error, 1)}
 	go func() {
-		p.done <- mic.Run(ctx, mic.RunConfig{Rest: env.Config, Compute: compute, Options: o, Log: testr.NewWithInterface(w.t, testr.Options{Verbosity: 0}),
+		p.done <- mic.Run(ctx, mic.RunConfig{Rest: w.rest, Compute: compute, Options: o, Log: testr.NewWithInterface(w.t, testr.Options{Verbosity: 0}),
 			LeaderElection: !mo.noLeader, LeaseName: leaseID, LeaseNamespace: w.ns, LeaseDuration: lease,
-			ProbeAddr: cmpOr(mo.probeAddr, "0"), MetricsAddr: "0", Metrics: mic.NewMetrics(nil),
+			ProbeAddr: cmpOr(mo.probeAddr, "0"), MetricsAddr: cmpOr(mo.metricsAddr, "0"), Metrics: m,
 			OnController: func(c *mic.Controller) { p.mu.Lock(); p.ctl = c; p.mu.Unlock() }})
 	}()
 	w.t.Cleanup(p.stop)
@@ -179,6 +212,18 @@ func (p *micProc) controller() *mic.Controller {
 	return p.ctl
 }
 
+// exited reports whether Run returned, and with what, without consuming the result (stop still
+// works afterwards).
+func (p *micProc) exited() (bool, error) {
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return true, err
+	default:
+		return false, nil
+	}
+}
+
 func (p *micProc) stop() {
 	p.cancel()
 	<-p.done
@@ -195,30 +240,61 @@ func (w *world) identity(name string) *aadv1.AzureIdentity {
 	}
 	id := testenv.NewMSIIdentity(w.ns, name, w.sub, w.rg, info.ClientID)
 	id.Spec.ResourceID = info.ID
-	env.Create(w.t, id)
+	w.create(id)
 	return id
 }
 
 func (w *world) binding(name, identity, selector string) *aadv1.AzureIdentityBinding {
 	b := testenv.NewBinding(w.ns, name, identity, w.sel(selector))
-	env.Create(w.t, b)
+	w.create(b)
 	return b
 }
 
 func (w *world) vmssNode(vmss string, i int) string {
 	name := fmt.Sprintf("%s-%s-%d", w.ns, vmss, i)
-	env.CreateNode(w.t, name, testenv.VMSSProviderID(w.sub, w.rg, vmss, i))
+	w.node(name, testenv.VMSSProviderID(w.sub, w.rg, vmss, i))
 	return name
 }
 
 func (w *world) vmNode(vm string) string {
 	name := w.ns + "-" + vm
-	env.CreateNode(w.t, name, testenv.VMProviderID(w.sub, w.rg, vm))
+	w.node(name, testenv.VMProviderID(w.sub, w.rg, vm))
 	return name
 }
 
 func (w *world) pod(name, node, selector string) *corev1.Pod {
-	return env.CreatePod(w.t, testenv.PodSpec{Namespace: w.ns, Name: name, Node: node, Binding: w.sel(selector)})
+	if !w.dedicated {
+		return env.CreatePod(w.t, testenv.PodSpec{Namespace: w.ns, Name: name, Node: node, Binding: w.sel(selector)})
+	}
+	// A scheduled, running pod as the scheduler and kubelet would leave it (neither runs here).
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name, Labels: map[string]string{aadv1.PodLabelKey: w.sel(selector)}},
+		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "app", Image: "app"}}}}
+	w.create(p)
+	p.Status.Phase = corev1.PodRunning
+	if err := w.cl.Status().Update(testenv.Context(w.t), p); err != nil {
+		w.t.Fatalf("marking pod %s running: %v", name, err)
+	}
+	return p
+}
+
+func (w *world) node(name, providerID string) {
+	w.t.Helper()
+	if !w.dedicated {
+		env.CreateNode(w.t, name, providerID)
+		return
+	}
+	w.create(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: corev1.NodeSpec{ProviderID: providerID}})
+}
+
+func (w *world) create(obj client.Object) {
+	w.t.Helper()
+	if !w.dedicated {
+		env.Create(w.t, obj)
+		return
+	}
+	if err := w.cl.Create(testenv.Context(w.t), obj); err != nil {
+		w.t.Fatalf("creating %T %s: %v", obj, obj.GetName(), err)
+	}
 }
 
 // sel makes a selector unique to the test: bindings match pods across namespaces, and earlier
@@ -228,14 +304,14 @@ func (w *world) sel(s string) string { return w.ns + "-" + s }
 func (w *world) deletePod(name string) {
 	w.t.Helper()
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: name}}
-	if err := env.Client.Delete(testenv.Context(w.t), p, client.GracePeriodSeconds(0)); err != nil {
+	if err := w.cl.Delete(testenv.Context(w.t), p, client.GracePeriodSeconds(0)); err != nil {
 		w.t.Fatalf("deleting pod %s: %v", name, err)
 	}
 }
 
 func (w *world) delete(obj client.Object) {
 	w.t.Helper()
-	if err := env.Client.Delete(testenv.Context(w.t), obj); err != nil {
+	if err := w.cl.Delete(testenv.Context(w.t), obj); err != nil {
 		w.t.Fatalf("deleting %T %s: %v", obj, obj.GetName(), err)
 	}
 }
@@ -244,8 +320,8 @@ func (w *world) delete(obj client.Object) {
 func (w *world) aais() map[string]aadv1.AssignedIdentityState {
 	w.t.Helper()
 	var l aadv1.AzureAssignedIdentityList
-	if err := env.Client.List(testenv.Context(w.t), &l); err != nil {
-		w.t.Fatal(err)
+	if err := w.cl.List(testenv.Context(w.t), &l); err != nil {
+		w.t.Fatalf("listing AzureAssignedIdentities: %v", err)
 	}
 	out := map[string]aadv1.AssignedIdentityState{}
 	for _, a := range l.Items {

@@ -63,25 +63,41 @@ func Run(ctx context.Context, rc RunConfig) error {
 	if rc.Metrics == nil {
 		rc.Metrics = NewMetrics(metrics.Registry)
 	}
+	ranBefore := false
+	backoff := time.Second
 	for {
 		err := runOnce(ctx, rc)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrLeaseLost) {
+		wait := 500 * time.Millisecond
+		switch {
+		case errors.Is(err, ErrLeaseLost):
 			rc.Log.Info("lost the leader lease; standing by to be elected again")
 			// The probe and metrics listeners are re-opened by the next manager; give the
 			// kernel a moment to free the ports.
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(500 * time.Millisecond):
-			}
-			continue
+			ranBefore, backoff = true, time.Second
+		case errors.Is(err, errSetup) && ranBefore:
+			// The lease is usually lost because the apiserver went away, and the next manager
+			// cannot be built until it is back (discovery fails). The same configuration
+			// worked before, so this is an outage, not a mistake: wait for it to end instead
+			// of exiting. At first start a setup error still ends Run, so a wrong kubeconfig
+			// is reported at once.
+			rc.Log.Info("cannot reach the apiserver to stand by again; retrying", "error", err.Error(), "in", backoff.String())
+			wait, backoff = backoff, min(2*backoff, 30*time.Second)
+		default:
+			return err
 		}
-		return err
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
 	}
 }
+
+// errSetup marks failures to build the manager (as opposed to failures while it ran).
+var errSetup = errors.New("setting up MIC")
 
 func runOnce(ctx context.Context, rc RunConfig) error {
 	o := rc.Options.Defaulted()
@@ -116,7 +132,7 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 	}
 	mgr, err := manager.New(rc.Rest, mopts)
 	if err != nil {
-		return fmt.Errorf("creating the controller manager: %w", err)
+		return fmt.Errorf("%w: creating the controller manager (check --kubeconfig and that the apiserver is reachable): %w", errSetup, err)
 	}
 	var synced atomic.Bool
 	if err := mgr.Add(&cacheWarmer{cache: mgr.GetCache(), synced: &synced}); err != nil {
