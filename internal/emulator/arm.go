@@ -399,7 +399,9 @@ func (e *Emulator) servePatch(w http.ResponseWriter, r *http.Request, rt *armRou
 		writeARMError(w, &ARMError{412, "PreconditionFailed", fmt.Sprintf("The condition specified in If-Match %s does not match the current ETag \"%d\"; GET the resource and retry with its ETag.", im, c.ETag), nil})
 		return
 	}
-	next := c.Identity
+	// before is a copy: out-of-band changes during the operation mutate c.Identity in place.
+	before := c.Identity.clone()
+	next := before
 	if body.Identity != nil {
 		p := e.byOID[strings.ToLower(caller.OID)]
 		next, err = applyIdentityPatch(c.Identity, patchInput{
@@ -434,14 +436,14 @@ func (e *Emulator) servePatch(w http.ResponseWriter, r *http.Request, rt *armRou
 	c.Op = op
 	c.ProvisioningState = "Updating"
 	if d <= 0 {
-		e.completeLocked(op, next)
+		e.completeLocked(op, before, next)
 	}
 	resp := e.renderCompute(c)
 	e.mu.Unlock()
 	if d > 0 {
 		time.AfterFunc(d, func() {
 			e.mu.Lock()
-			e.completeLocked(op, next)
+			e.completeLocked(op, before, next)
 			e.mu.Unlock()
 		})
 	}
@@ -455,14 +457,17 @@ func (e *Emulator) servePatch(w http.ResponseWriter, r *http.Request, rt *armRou
 	writeJSON(w, 200, resp)
 }
 
-// completeLocked ends an operation: on success the new identity block becomes current, and
-// newly added identities become visible to IMDS after the propagation delay.
-func (e *Emulator) completeLocked(op *operation, next identityState) {
+// completeLocked ends an operation: on success the operation's change (before → next) is applied
+// to the identity block as it is now, so that out-of-band changes made while the operation ran
+// (AssignIdentity, RemoveIdentity) survive, and newly added identities become visible to IMDS
+// after the propagation delay.
+func (e *Emulator) completeLocked(op *operation, before, next identityState) {
 	c := op.Res
 	now := time.Now()
 	if op.ErrCode != "" {
 		op.Status = "Failed"
 	} else {
+		next = rebase(c.Identity, before, next)
 		vis := now.Add(e.cfg.Timing.IMDSPropagation.Duration)
 		for l, a := range next.User {
 			if old, ok := c.Identity.User[l]; ok && old.Generation == a.Generation {
@@ -586,4 +591,23 @@ func (e *Emulator) serveIdentity(w http.ResponseWriter, r *http.Request, rt *arm
 		}
 		w.WriteHeader(200)
 	}
+}
+
+// rebase replays the change from before to next onto cur: user identities added or removed by the
+// change are added or removed, others keep cur's state; the system-assigned part follows next.
+func rebase(cur, before, next identityState) identityState {
+	out := cur.clone()
+	out.System, out.SystemPrincipalID = next.System, next.SystemPrincipalID
+	for k := range before.User {
+		if _, kept := next.User[k]; !kept {
+			delete(out.User, k)
+		}
+	}
+	for k, a := range next.User {
+		if old, had := before.User[k]; !had || old.Generation != a.Generation {
+			b := *a
+			out.User[k] = &b
+		}
+	}
+	return out
 }

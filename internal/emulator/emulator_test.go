@@ -524,3 +524,36 @@ func TestVMSSInstancesGetAndListShowScaleSetIdentities(t *testing.T) {
 		t.Errorf("missing instance: %v", err)
 	}
 }
+
+// Someone assigning or removing an identity by hand while MIC's PATCH runs: the PATCH's own change
+// lands, and so does theirs (the operation does not overwrite the block with a stale copy).
+func TestOutOfBandChangesDuringAnOperationSurviveIt(t *testing.T) {
+	e := newWorld(t, func(c *Config) { c.Timing.VMOperation = D(300 * time.Millisecond) })
+	if err := e.AssignIdentity("vm-0", "id3"); err != nil {
+		t.Fatal(err)
+	}
+	cl := vmClient(t, e, testApp)
+	rg := e.Config().ResourceGroup
+	p, err := cl.BeginUpdate(ctx(t), rg, "vm-0", armcompute.VirtualMachineUpdate{Identity: &armcompute.VirtualMachineIdentity{
+		Type: to(armcompute.ResourceIdentityTypeUserAssigned), UserAssignedIdentities: map[string]*armcompute.UserAssignedIdentitiesValue{idID(e, "id1"): {}}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AssignIdentity("vm-0", "id2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.RemoveIdentity("vm-0", "id3"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.PollUntilDone(ctx(t), poll); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.AssignedIdentities("vm-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{idID(e, "id1"), idID(e, "id2")}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("after the operation the VM has %v, want %v", got, want)
+	}
+}
