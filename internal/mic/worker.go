@@ -85,6 +85,9 @@ func (c *Controller) process(ctx context.Context, key string) (time.Duration, er
 	var armErr error
 	if !plan.Empty() {
 		armErr = r.apply(ctx, plan)
+		// The gauge follows the quarantine as soon as ARM answered, not at the next planning
+		// pass (which needs an event and may be far off).
+		c.m.Quarantined.Set(float64(c.q.size()))
 	}
 	wg.Wait()
 	if createErr != nil {
@@ -257,9 +260,12 @@ func (r *groupRun) apply(ctx context.Context, plan desired.Plan) error {
 				var keepAdd []string
 				for _, id := range chunk.Add {
 					if bad[id] {
-						until := c.q.hold(r.key, id, fmt.Sprintf("%s %s", ce.Code, shorten(ce.Message)))
-						r.failed[id] = fmt.Sprintf("ARM refused identity %s on %s (%s); held until %s. Check that the identity exists and that MIC's identity has the Managed Identity Operator role on it",
-							id, r.res, ce.Code, until.Format(time.RFC3339))
+						// The reason is kept with the quarantine: later passes skip the identity
+						// without calling ARM and report this same why-and-what-to-do.
+						why := fmt.Sprintf("ARM refused identity %s on %s: %s %s. Check that the identity exists and that MIC's identity has the Managed Identity Operator role on it (and Virtual Machine Contributor on the VM/VMSS)",
+							id, r.res, ce.Code, shorten(ce.Message))
+						until := c.q.hold(r.key, id, why)
+						r.failed[id] = fmt.Sprintf("%s; retried after %s", why, until.Format(time.RFC3339))
 						r.after(time.Until(until) + 10*time.Millisecond)
 					} else {
 						keepAdd = append(keepAdd, id)

@@ -6,6 +6,7 @@ package armcloud
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -313,9 +314,23 @@ func wrap(op string, r cloud.Resource, err error) error {
 		return e
 	}
 	msg := re.Error()
-	e := &cloud.Error{Operation: op, Resource: r, StatusCode: re.StatusCode, Code: re.ErrorCode, Message: oneLine(msg),
+	e := &cloud.Error{Operation: op, Resource: r, StatusCode: re.StatusCode, Code: re.ErrorCode, Message: armMessage(msg),
 		RetryAfter: retryAfter(re.RawResponse), Identities: cloud.IdentitiesInMessage(msg)}
 	return e
+}
+
+// armMessage returns what ARM said (error.message of the JSON body the SDK quotes), which is what
+// a person needs in an event; the SDK's whole multi-line dump (URL, status, body) otherwise.
+func armMessage(sdk string) string {
+	if i, j := strings.Index(sdk, "{"), strings.LastIndex(sdk, "}"); i >= 0 && j > i {
+		var body struct {
+			Error struct{ Message string } `json:"error"`
+		}
+		if json.Unmarshal([]byte(sdk[i:j+1]), &body) == nil && body.Error.Message != "" {
+			return oneLine(body.Error.Message)
+		}
+	}
+	return oneLine(sdk)
 }
 
 // oneLine keeps the part of the SDK's multi-line error that says what ARM answered.
