@@ -608,3 +608,25 @@ func merge(base any, extra map[string]any) map[string]any {
 	}
 	return out
 }
+
+// A custom cloud reaches both components: MIC for ARM, NMI for service principals' Azure AD.
+func TestCustomCloudFileReachesMICAndNMI(t *testing.T) {
+	objs := render(t, "podidentity", "podidentity", readValues(t, "everything.yaml"))
+	mic := decode[appsv1.Deployment](t, find(objs, "Deployment", "-mic"))
+	nmi := decode[appsv1.DaemonSet](t, find(objs, "DaemonSet", "-nmi"))
+	for what, spec := range map[string]corev1.PodSpec{"MIC": mic.Spec.Template.Spec, "NMI": nmi.Spec.Template.Spec} {
+		c := spec.Containers[0]
+		path, ok := env0(c, "AZURE_ENVIRONMENT_FILEPATH")
+		if !ok || path == "" {
+			t.Errorf("%s: AZURE_ENVIRONMENT_FILEPATH not set", what)
+			continue
+		}
+		mounted := false
+		for _, m := range c.VolumeMounts {
+			mounted = mounted || m.MountPath == path
+		}
+		if !mounted {
+			t.Errorf("%s: %s is not mounted", what, path)
+		}
+	}
+}
