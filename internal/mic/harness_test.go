@@ -388,18 +388,3 @@ func (w *world) waitAssigned(resource string, want ...string) {
 		return fmt.Sprint(got) == fmt.Sprint(want), fmt.Sprint(got)
 	})
 }
-
-func (w *world) armWrites(resource string) int64 {
-	op := emulator.OpVMSSUpdate
-	kind := emulator.KindVMSS
-	if !strings.Contains(resource, "pool") {
-		op, kind = emulator.OpVMUpdate, emulator.KindVM
-	}
-	var id string
-	if kind == emulator.KindVMSS {
-		id = emulator.VMSSID(w.sub, w.rg, resource)
-	} else {
-		id = emulator.VMID(w.sub, w.rg, resource)
-	}
-	return w.e.Count(emulator.CounterKey{Service: emulator.ServiceARM, Operation: op, Resource: strings.ToLower(id), Status: 200})
-}

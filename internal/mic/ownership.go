@@ -139,10 +139,3 @@ func (o *ownership) change(ctx context.Context, r cloud.Resource, add map[string
 	o.mu.Unlock()
 	return nil
 }
-
-// forget drops cached records (a new leader must re-read what the previous one wrote).
-func (o *ownership) forget() {
-	o.mu.Lock()
-	o.loaded = map[string]*record{}
-	o.mu.Unlock()
-}

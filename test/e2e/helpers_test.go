@@ -190,8 +190,6 @@ func resultsOf(ns, podName string) []string {
 	return out
 }
 
-func anyResult(probeclient.Result) bool { return true }
-
 func tokenOK(r probeclient.Result) bool { return r.Kind == "token" && r.OK }
 
 // firstToken waits for the pod's first token result and returns it, failing the test when that
