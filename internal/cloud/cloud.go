@@ -91,7 +91,16 @@ type Identities struct {
 	// SystemAssigned is true when the resource has a system-assigned identity, which every
 	// change must keep.
 	SystemAssigned bool
+	// ETag is the resource's ETag when it was read ("" if unknown). A PATCH that changes the
+	// identity type to SystemAssigned or None drops every user-assigned identity, including ones
+	// someone added since the read; such a PATCH is sent with If-Match: ETag, so ARM refuses it
+	// (412) instead, and the caller re-reads (see ErrStale).
+	ETag string
 }
+
+// ErrStale means ARM refused a conditional PATCH (412): the resource changed since it was read.
+// Re-read it and plan again.
+var ErrStale = errors.New("the VM/VMSS changed since it was read")
 
 // Has reports whether the (case-insensitive) identity ID is assigned.
 func (i Identities) Has(id string) bool {
@@ -148,6 +157,8 @@ func (e *Error) Is(target error) bool {
 		return e.StatusCode == 404
 	case ErrConflict:
 		return e.StatusCode == 409
+	case ErrStale:
+		return e.StatusCode == 412
 	case ErrIdentity:
 		return len(e.Identities) > 0 && (e.Code == "LinkedAuthorizationFailed" || e.Code == "FailedIdentityOperation" ||
 			strings.Contains(e.Message, "LinkedAuthorizationFailed") || strings.Contains(e.Message, "FailedIdentityOperation"))

@@ -290,6 +290,13 @@ func (r *groupRun) apply(ctx context.Context, plan desired.Plan) error {
 				r.failChunk(chunk, err)
 				r.markStale()
 				return nil
+			case errors.Is(err, cloud.ErrStale):
+				// Someone changed the identities since our read (the PATCH was conditional because
+				// it would have dropped every user-assigned identity): read again and re-plan.
+				r.failChunk(chunk, err)
+				r.markStale()
+				r.after(100 * time.Millisecond)
+				return nil
 			case errors.Is(err, cloud.ErrConflict) && ce != nil && ce.Code == "AnotherOperationInProgress":
 				// Someone else's operation runs on the resource; come back shortly.
 				r.failChunk(chunk, err)

@@ -243,8 +243,7 @@ func TestOutOfBandUnassignmentHealed(t *testing.T) {
 // survives MIC's release, and an assignment whose identity vanished out of band is still
 // cleaned up.
 func TestForeignIdentityUntouchedAndOutOfBandRemovalCleanedUp(t *testing.T) {
-	// Not parallel: the emulator applies a running PATCH's identity set when its operation ends,
-	// so an out-of-band change made while another test's PATCH of the same VM runs would be lost.
+	// Not parallel: it assigns an identity to a shared node by hand, beside MIC's own.
 	ns := namespace(t)
 	node := sb.Nodes[2]
 	foreign := azureIdentity(t, "foreign")
@@ -410,8 +409,7 @@ func TestProbesAnswer(t *testing.T) {
 // "bypass NMI using AzurePodIdentityException": a pod matching an exception gets IMDS's own
 // answer for an identity on its node, without any binding; a pod without the labels does not.
 func TestExceptionPodGetsPassthrough(t *testing.T) {
-	// Not parallel: the emulator applies a running PATCH's identity set when its operation ends,
-	// so an out-of-band change made while another test's PATCH of the same VM runs would be lost.
+	// Not parallel: it assigns an identity to a shared node by hand, beside MIC's own.
 	ns := namespace(t)
 	node := sb.Nodes[2]
 	info := azureIdentity(t, "exception")

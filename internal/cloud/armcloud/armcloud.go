@@ -136,7 +136,7 @@ func (c *Client) Get(ctx context.Context, r cloud.Resource) (ids cloud.Identitie
 	defer func() { c.observe(op, start, err) }()
 	var typ *armcompute.ResourceIdentityType
 	var uai map[string]*armcompute.UserAssignedIdentitiesValue
-	var state *string
+	var state, etag *string
 	if r.Kind == cloud.KindVMSS {
 		cl, cerr := c.vmssClient(r.SubscriptionID)
 		if cerr != nil {
@@ -152,6 +152,7 @@ func (c *Client) Get(ctx context.Context, r cloud.Resource) (ids cloud.Identitie
 		if resp.Properties != nil {
 			state = resp.Properties.ProvisioningState
 		}
+		etag = resp.Etag
 	} else {
 		cl, cerr := c.vmClient(r.SubscriptionID)
 		if cerr != nil {
@@ -167,6 +168,7 @@ func (c *Client) Get(ctx context.Context, r cloud.Resource) (ids cloud.Identitie
 		if resp.Properties != nil {
 			state = resp.Properties.ProvisioningState
 		}
+		etag = resp.Etag
 	}
 	if state != nil && strings.EqualFold(*state, "Deleting") {
 		return ids, &cloud.Error{Operation: op, Resource: r, StatusCode: http.StatusConflict, Code: "Deleting",
@@ -181,13 +183,16 @@ func (c *Client) Get(ctx context.Context, r cloud.Resource) (ids cloud.Identitie
 		ids.UserAssigned[strings.ToLower(id)] = client
 	}
 	ids.SystemAssigned = typ != nil && strings.Contains(string(*typ), string(armcompute.ResourceIdentityTypeSystemAssigned))
+	if etag != nil {
+		ids.ETag = *etag
+	}
 	return ids, nil
 }
 
 // identityBlock builds the PATCH body: {} adds, null removes, kept identities are omitted, and
 // the type keeps a system-assigned identity and becomes None/SystemAssigned only when no
-// user-assigned identity remains.
-func identityBlock(u cloud.Update) (*armcompute.ResourceIdentityType, map[string]*armcompute.UserAssignedIdentitiesValue) {
+// user-assigned identity remains. ifMatch is set for that last case (see cloud.Identities.ETag).
+func identityBlock(u cloud.Update) (typ *armcompute.ResourceIdentityType, ids map[string]*armcompute.UserAssignedIdentitiesValue, ifMatch *string) {
 	m := make(map[string]*armcompute.UserAssignedIdentitiesValue, len(u.Add)+len(u.Remove))
 	remaining := len(u.Current.UserAssigned)
 	for _, id := range u.Remove {
@@ -213,7 +218,10 @@ func identityBlock(u cloud.Update) (*armcompute.ResourceIdentityType, map[string
 	default:
 		t, m = armcompute.ResourceIdentityTypeNone, nil
 	}
-	return &t, m
+	if remaining == 0 && u.Current.ETag != "" {
+		ifMatch = &u.Current.ETag
+	}
+	return &t, m, ifMatch
 }
 
 // Update sends one PATCH with the identity changes and waits for its operation to end.
@@ -224,14 +232,15 @@ func (c *Client) Update(ctx context.Context, r cloud.Resource, u cloud.Update) (
 	op := cloud.OperationName(r, true)
 	start := time.Now()
 	defer func() { c.observe(op, start, err) }()
-	typ, m := identityBlock(u)
+	typ, m, ifMatch := identityBlock(u)
 	if r.Kind == cloud.KindVMSS {
 		cl, cerr := c.vmssClient(r.SubscriptionID)
 		if cerr != nil {
 			return cerr
 		}
 		p, berr := cl.BeginUpdate(ctx, r.ResourceGroup, r.Name, armcompute.VirtualMachineScaleSetUpdate{
-			Identity: &armcompute.VirtualMachineScaleSetIdentity{Type: typ, UserAssignedIdentities: m}}, nil)
+			Identity: &armcompute.VirtualMachineScaleSetIdentity{Type: typ, UserAssignedIdentities: m}},
+			&armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: ifMatch})
 		if berr != nil {
 			return wrap(op, r, berr)
 		}
@@ -242,7 +251,8 @@ func (c *Client) Update(ctx context.Context, r cloud.Resource, u cloud.Update) (
 			return cerr
 		}
 		p, berr := cl.BeginUpdate(ctx, r.ResourceGroup, r.Name, armcompute.VirtualMachineUpdate{
-			Identity: &armcompute.VirtualMachineIdentity{Type: typ, UserAssignedIdentities: m}}, nil)
+			Identity: &armcompute.VirtualMachineIdentity{Type: typ, UserAssignedIdentities: m}},
+			&armcompute.VirtualMachinesClientBeginUpdateOptions{IfMatch: ifMatch})
 		if berr != nil {
 			return wrap(op, r, berr)
 		}
