@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -290,6 +292,25 @@ func assigned(t *testing.T, resource, identityID string) bool {
 		}
 	}
 	return false
+}
+
+// waitIMDSServes waits until the node's IMDS issues tokens for clientID. Like the real IMDS, the
+// emulator answers "Identity not found" for a short while after an assignment, and a client that
+// does not retry 400s (as the Azure SDKs do not) would fail in that window. The handler is called
+// in process: no network is involved.
+func waitIMDSServes(t *testing.T, n *sandbox.Node, clientID string) {
+	t.Helper()
+	h, err := sb.Emulator.IMDSHandler(n.HostKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "IMDS of "+n.Name+" serving "+clientID, func(context.Context) (bool, error) {
+		req := httptest.NewRequest(http.MethodGet, "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F&client_id="+clientID, nil)
+		req.Header.Set("Metadata", "true")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code == http.StatusOK, nil
+	})
 }
 
 // nodeResource is the emulator resource (VM name or VMSS name) behind a node.

@@ -417,6 +417,7 @@ func TestExceptionPodGetsPassthrough(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sb.Emulator.RemoveIdentity(nodeResource(node), info.ID) })
+	waitIMDSServes(t, node, info.ClientID)
 	ex := &aadv1.AzurePodIdentityException{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "exempt"},
 		Spec:       aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"app": "exempt"}},
