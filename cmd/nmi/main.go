@@ -224,10 +224,7 @@ func run(o *options, log logr.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listening on %s:%d (--nmi-listen-address, --nmi-port): %w", o.listenAddress, o.port, err)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		// Writes can follow a wait for an assignment (up to the retry budget).
-		WriteTimeout: cfg.FindIdentityRetryInterval*time.Duration(cfg.RetryAttemptsForCreated+cfg.RetryAttemptsForAssigned) + 30*time.Second,
-		IdleTimeout:  2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	hs := tokenServer(srv, cfg)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
 
@@ -275,6 +272,15 @@ func run(o *options, log logr.Logger) error {
 
 // probes: /healthz is liveness (always 200, body as upstream); /readyz is 200 only when the
 // watches have synced and the redirect is installed.
+// tokenServer bounds what a slow or hostile pod can hold: headers must arrive within 5 s and stay
+// small, a request body within 10 s, and idle keep-alive connections are closed. Writes may follow
+// a wait for an assignment, so the write timeout covers the whole retry budget.
+func tokenServer(h http.Handler, cfg nmi.Config) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: cfg.FindIdentityRetryInterval*time.Duration(cfg.RetryAttemptsForCreated+cfg.RetryAttemptsForAssigned) + 30*time.Second,
+		IdleTimeout:  2 * time.Minute, MaxHeaderBytes: 16 << 10}
+}
+
 func probes(synced, redirected *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
