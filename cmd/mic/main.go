@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -92,7 +94,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.reconcileInterval, "identity-assignment-reconcile-interval", 3*time.Minute, "Period of re-reading every VM/VMSS and re-adding identities removed out of band.")
 	fs.BoolVar(&o.keepFinishedPods, "keep-finished-pods", false, "Keep identities of Succeeded/Failed pods assigned (upstream behaviour).")
 	fs.DurationVar(&o.batchIdle, "batch-idle", time.Second, "Start a pass once no event arrived for this long.")
-	fs.DurationVar(&o.batchMax, "batch-max", 10*time.Second, "Start a pass at the latest this long after the first event of a burst.")
+	fs.DurationVar(&o.batchMax, "batch-max", 3*time.Second, "Start a pass at the latest this long after the first event of a burst (a VM/VMSS whose PATCH is running collects later changes into its next PATCH anyway).")
 	fs.IntVar(&o.workers, "workers", 16, "VMs/VMSS reconciled in parallel.")
 	fs.DurationVar(&o.pollInterval, "arm-poll-interval", time.Second, "Poll interval of ARM long-running operations without Retry-After.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove MIC's finalizer from every AzureAssignedIdentity, delete them, and exit (uninstall / stuck namespace).")
@@ -184,6 +186,12 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 	m := mic.NewMetrics(crmetrics.Registry)
+	// Go runtime and process metrics (memory, CPU, file descriptors), as every controller has.
+	for _, col := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := crmetrics.Registry.Register(col); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return fmt.Errorf("registering runtime metrics: %w", err)
+		}
+	}
 	build := func(s *azureconfig.Settings) (cloud.Compute, error) {
 		return armcloud.New(s, armcloud.Options{PollInterval: o.pollInterval, UserAgent: o.customUserAgent, Observe: m.ObserveARM})
 	}

@@ -169,20 +169,7 @@ func (c *Controller) batch(ctx context.Context) {
 
 func (c *Controller) watch(ctx context.Context) error {
 	add := func(obj client.Object, changed func(old, new any) bool) error {
-		inf, err := c.cache.GetInformer(ctx, obj)
-		if err != nil {
-			return fmt.Errorf("watching %T: %w", obj, err)
-		}
-		_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { c.kick() },
-			UpdateFunc: func(o, n any) {
-				if changed(o, n) {
-					c.kick()
-				}
-			},
-			DeleteFunc: func(any) { c.kick() },
-		})
-		return err
+		return c.handle(ctx, obj, func(any, bool) bool { return true }, changed)
 	}
 	rvChanged := func(o, n any) bool {
 		return o.(client.Object).GetResourceVersion() != n.(client.Object).GetResourceVersion()
@@ -195,24 +182,56 @@ func (c *Controller) watch(ctx context.Context) error {
 	nodeChanged := func(o, n any) bool {
 		return o.(*corev1.Node).Spec.ProviderID != n.(*corev1.Node).Spec.ProviderID
 	}
-	// Only deletions by others matter for AAIs; MIC's own writes are already accounted for.
-	aaiChanged := func(o, n any) bool {
-		a, b := o.(*aadv1.AzureAssignedIdentity), n.(*aadv1.AzureAssignedIdentity)
-		return a.DeletionTimestamp == nil && b.DeletionTimestamp != nil
-	}
 	for _, w := range []struct {
 		obj client.Object
 		fn  func(o, n any) bool
 	}{
 		{&corev1.Pod{}, podChanged}, {&corev1.Node{}, nodeChanged},
 		{&aadv1.AzureIdentity{}, rvChanged}, {&aadv1.AzureIdentityBinding{}, rvChanged},
-		{&aadv1.AzureAssignedIdentity{}, aaiChanged},
 	} {
 		if err := add(w.obj, w.fn); err != nil {
 			return err
 		}
 	}
-	return nil
+	// For AAIs only what others do matters: MIC's own creates and deletes are already accounted
+	// for (and at scale would start a pass per write burst).
+	notOurs := func(o any, deleted bool) bool {
+		if d, ok := o.(toolscache.DeletedFinalStateUnknown); ok {
+			o = d.Obj
+		}
+		a, ok := o.(*aadv1.AzureAssignedIdentity)
+		return !ok || !c.ov.ours(a, deleted)
+	}
+	return c.handle(ctx, &aadv1.AzureAssignedIdentity{}, notOurs, func(o, n any) bool {
+		a, b := o.(*aadv1.AzureAssignedIdentity), n.(*aadv1.AzureAssignedIdentity)
+		return a.DeletionTimestamp == nil && b.DeletionTimestamp != nil
+	})
+}
+
+// handle kicks a planning pass on adds and deletes that pass relevant, and updates that pass changed.
+func (c *Controller) handle(ctx context.Context, obj client.Object, relevant func(o any, deleted bool) bool, changed func(o, n any) bool) error {
+	inf, err := c.cache.GetInformer(ctx, obj)
+	if err != nil {
+		return fmt.Errorf("watching %T: %w", obj, err)
+	}
+	_, err = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(o any) {
+			if relevant(o, false) {
+				c.kick()
+			}
+		},
+		UpdateFunc: func(o, n any) {
+			if changed(o, n) {
+				c.kick()
+			}
+		},
+		DeleteFunc: func(o any) {
+			if relevant(o, true) {
+				c.kick()
+			}
+		},
+	})
+	return err
 }
 
 func finished(p *corev1.Pod) bool {

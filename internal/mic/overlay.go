@@ -41,19 +41,36 @@ func (o *overlay) deleted(k desired.Key, lastRV int64) {
 	o.mu.Unlock()
 }
 
-// apply merges the overlay into objects read from the cache, and forgets entries the cache has
-// caught up with. Resource versions are compared as numbers: etcd's are, and a newer cached
-// object (someone else wrote after us) wins.
-// belongs, when not nil, limits the objects added from the overlay to one group.
-func (o *overlay) apply(cached []*aadv1.AzureAssignedIdentity, belongs func(*aadv1.AzureAssignedIdentity) bool) []*aadv1.AzureAssignedIdentity {
+// ours reports whether an informer's add (or delete) of obj is MIC's own last write (deletion).
+func (o *overlay) ours(obj *aadv1.AzureAssignedIdentity, deleted bool) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	w, ok := o.m[desired.Key{Namespace: obj.Namespace, Name: obj.Name}]
+	if !ok {
+		return false
+	}
+	if deleted {
+		return w.obj == nil
+	}
+	return w.obj != nil && w.rv == rvOf(obj)
+}
+
+// apply merges the overlay into objects. Resource versions are compared as numbers: etcd's are,
+// and a newer object (someone else wrote after us) wins.
+//
+// With belongs nil, objs must be the informer cache's own objects: entries the cache has caught
+// up with are forgotten. With belongs set (a worker, on its snapshot, which may itself hold
+// overlay objects), nothing is forgotten, and only objects of the worker's group are added.
+func (o *overlay) apply(objs []*aadv1.AzureAssignedIdentity, belongs func(*aadv1.AzureAssignedIdentity) bool) []*aadv1.AzureAssignedIdentity {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if len(o.m) == 0 {
-		return cached
+		return objs
 	}
-	out := make([]*aadv1.AzureAssignedIdentity, 0, len(cached)+len(o.m))
+	prune := belongs == nil
+	out := make([]*aadv1.AzureAssignedIdentity, 0, len(objs)+len(o.m))
 	seen := make(map[desired.Key]bool, len(o.m))
-	for _, c := range cached {
+	for _, c := range objs {
 		k := desired.Key{Namespace: c.Namespace, Name: c.Name}
 		w, ok := o.m[k]
 		if !ok {
@@ -64,11 +81,15 @@ func (o *overlay) apply(cached []*aadv1.AzureAssignedIdentity, belongs func(*aad
 		crv := rvOf(c)
 		switch {
 		case w.obj == nil && crv > w.rv: // re-created after our delete
-			delete(o.m, k)
+			if prune {
+				delete(o.m, k)
+			}
 			out = append(out, c)
 		case w.obj == nil: // our delete not seen yet
 		case crv >= w.rv:
-			delete(o.m, k)
+			if prune {
+				delete(o.m, k)
+			}
 			out = append(out, c)
 		default:
 			out = append(out, w.obj)
@@ -79,7 +100,7 @@ func (o *overlay) apply(cached []*aadv1.AzureAssignedIdentity, belongs func(*aad
 			continue
 		}
 		if w.obj == nil {
-			if belongs == nil {
+			if prune {
 				delete(o.m, k) // the whole cache agrees it is gone
 			}
 			continue

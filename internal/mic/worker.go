@@ -72,32 +72,55 @@ func (c *Controller) process(ctx context.Context, key string) (time.Duration, er
 			return 0, err
 		}
 	}
-	// Objects for new pairs are written while ARM works: Created when ARM must act first,
-	// Assigned at once when the identity is already there (one write, not two).
+	// Each new or changed object is written once, in its final state: pairs ARM does not have to
+	// act for are written at once, while ARM works (Assigned when the identity is there already);
+	// pairs waiting for ARM are written when it answered (Assigned, or Created with a Warning
+	// when it failed). Writing them as Created first would double the writes, and the apiserver's
+	// write rate, not ARM, bounds how fast thousands of pods get their identities.
+	now, later := ch, desired.Changes{}
+	if len(plan.Add) > 0 {
+		now, later = splitPending(ch, plan.Add)
+	}
+	var armErr, nowErr error
+	var armTook time.Duration
+	start := time.Now()
 	var wg sync.WaitGroup
-	var createErr error
-	known0, failed0 := r.known, maps.Clone(r.failed)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		createErr = r.writeNew(ctx, ch, known0, failed0)
+		// r.known and r.failed change only in apply, which runs beside this: copies taken first.
+		known0, failed0 := r.known, maps.Clone(r.failed)
+		nowErr = r.writeNew(ctx, now, func(a *desired.AAI) aadv1.AssignedIdentityState { return r.stateWith(a, known0, failed0) })
 	}()
-	var armErr error
 	if !plan.Empty() {
 		armErr = r.apply(ctx, plan)
+		armTook = time.Since(start)
 		// The gauge follows the quarantine as soon as ARM answered, not at the next planning
 		// pass (which needs an event and may be far off).
 		c.m.Quarantined.Set(float64(c.q.size()))
 	}
 	wg.Wait()
-	if createErr != nil {
-		return 0, createErr
+	if nowErr != nil {
+		return 0, nowErr
 	}
+	if err := r.writeNew(ctx, later, r.stateFor); err != nil {
+		return 0, err
+	}
+	written := time.Since(start)
 	if err := r.promote(ctx, ch, plan); err != nil {
 		return 0, err
 	}
 	if err := r.release(ctx, ch.Delete); err != nil {
 		return 0, err
+	}
+	if deletedWhileWanted(want, ch.Delete) {
+		// Someone deleted an object that is still desired: once it is gone (its delete event is
+		// MIC's own and starts no pass), it must be created again.
+		r.after(10 * time.Millisecond)
+	}
+	if !plan.Empty() || !ch.Empty() {
+		log.V(1).Info("reconciled", "added", len(plan.Add), "removed", len(plan.Remove), "created", len(ch.Create),
+			"updated", len(ch.Update), "deleted", len(ch.Delete), "arm", armTook, "written", written, "total", time.Since(start))
 	}
 	if armErr != nil {
 		log.Error(armErr, "changing identities on the VM/VMSS failed")
@@ -389,15 +412,41 @@ func (r *groupRun) group(ctx context.Context) *errgroup.Group {
 	return g
 }
 
-// writeNew creates missing AAIs and updates outdated ones, in the state ARM allows now.
-// It runs while apply changes r.known and r.failed, so it works on copies taken before.
-func (r *groupRun) writeNew(ctx context.Context, ch desired.Changes, known cloud.Identities, failed map[string]string) error {
-	g := r.group(ctx)
+// splitPending splits creates and updates into those that can be written now and those whose
+// identity ARM is adding in this run.
+func splitPending(ch desired.Changes, adding []string) (now, later desired.Changes) {
+	pending := make(map[string]bool, len(adding))
+	for _, id := range adding {
+		pending[id] = true
+	}
+	waits := func(a *desired.AAI) bool { return a.NeedsAzure() && pending[a.IdentityID()] }
+	now = desired.Changes{Keep: ch.Keep, Delete: ch.Delete}
 	for _, a := range ch.Create {
-		g.Go(func() error { return r.c.create(ctx, a, r.stateWith(a, known, failed)) })
+		if waits(a) {
+			later.Create = append(later.Create, a)
+		} else {
+			now.Create = append(now.Create, a)
+		}
 	}
 	for _, p := range ch.Update {
-		g.Go(func() error { return r.c.update(ctx, p.Want, p.Have, r.stateWith(p.Want, known, failed)) })
+		if waits(p.Want) {
+			later.Update = append(later.Update, p)
+		} else {
+			now.Update = append(now.Update, p)
+		}
+	}
+	return now, later
+}
+
+// writeNew creates missing AAIs and updates outdated ones, each in the state stateOf gives when
+// its write starts.
+func (r *groupRun) writeNew(ctx context.Context, ch desired.Changes, stateOf func(*desired.AAI) aadv1.AssignedIdentityState) error {
+	g := r.group(ctx)
+	for _, a := range ch.Create {
+		g.Go(func() error { return r.c.create(ctx, a, stateOf(a)) })
+	}
+	for _, p := range ch.Update {
+		g.Go(func() error { return r.c.update(ctx, p.Want, p.Have, stateOf(p.Want)) })
 	}
 	return g.Wait()
 }
@@ -440,6 +489,25 @@ func (r *groupRun) promote(ctx context.Context, ch desired.Changes, plan desired
 		}
 	}
 	return g.Wait()
+}
+
+func deletedWhileWanted(want []*desired.AAI, dels []*aadv1.AzureAssignedIdentity) bool {
+	var keys map[desired.Key]bool
+	for _, h := range dels {
+		if h.DeletionTimestamp == nil {
+			continue
+		}
+		if keys == nil {
+			keys = make(map[desired.Key]bool, len(want))
+			for _, a := range want {
+				keys[a.Key] = true
+			}
+		}
+		if keys[desired.Key{Namespace: h.Namespace, Name: h.Name}] {
+			return true
+		}
+	}
+	return false
 }
 
 // release deletes AAIs that are no longer desired: Unassigned and finalizer removed in one
