@@ -367,3 +367,31 @@ func TestCleanupReleasesStrandedFinalizers(t *testing.T) {
 	}
 	w.waitAAIs(map[string]aadv1.AssignedIdentityState{})
 }
+
+func TestIdentitiesAssignedByAnEarlierMICAreAdoptedAndReleasedWithTheirPods(t *testing.T) {
+	// Migration from aad-pod-identity: its MIC put "old" on the VMSS for pod p and wrote the AAI
+	// (without podidentity's marker); a person put "manual" there and no AAI names it.
+	w := newWorld(t, emulator.Config{
+		VirtualMachineScaleSets: []emulator.VMSSConfig{{Name: "pool", Instances: 1, UserAssignedIdentities: []string{"old", "manual"}}},
+		UserAssignedIdentities:  []emulator.IdentityConfig{{Name: "old"}, {Name: "manual"}}})
+	node := w.vmssNode("pool", 0)
+	id := w.identity("old")
+	b := w.binding("b", "old", "sel")
+	w.pod("p", node, "sel")
+	id.APIVersion, id.Kind = aadv1.SchemeGroupVersion.String(), "AzureIdentity"
+	b.APIVersion, b.Kind = aadv1.SchemeGroupVersion.String(), "AzureIdentityBinding"
+	name := w.aaiName("p", "old")
+	w.create(&aadv1.AzureAssignedIdentity{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Finalizers: []string{aadv1.AssignedIdentityFinalizer},
+			Labels: map[string]string{aadv1.AssignedIdentityNodeLabel: node}},
+		Spec:   aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: id, AzureBindingRef: b, Pod: "p", PodNamespace: w.ns, NodeName: node},
+		Status: aadv1.AzureAssignedIdentityStatus{Status: assigned, AvailableReplicas: 1},
+	})
+
+	w.startMIC(micOpts{})
+	w.waitAAIs(map[string]aadv1.AssignedIdentityState{name: assigned})
+	w.waitAssigned("pool", "manual", "old")
+	w.deletePod("p")
+	w.waitAAIs(map[string]aadv1.AssignedIdentityState{})
+	w.waitAssigned("pool", "manual")
+}

@@ -67,7 +67,7 @@ func (c *Controller) process(ctx context.Context, key string) (time.Duration, er
 	var err error
 	var plan desired.Plan
 	if key != desired.UnresolvedGroup {
-		plan, err = r.planARM(ctx, ids)
+		plan, err = r.planARM(ctx, ids, have)
 		if err != nil {
 			return 0, err
 		}
@@ -179,7 +179,7 @@ func (r *groupRun) read(ctx context.Context) (bool, error) {
 // planARM decides the identity change, reading ARM only when the last known state is missing
 // or stale, or a change is about to be sent (so the PATCH type never drops an identity someone
 // else added meanwhile).
-func (r *groupRun) planARM(ctx context.Context, desiredIDs map[string]string) (desired.Plan, error) {
+func (r *groupRun) planARM(ctx context.Context, desiredIDs map[string]string, have []*aadv1.AzureAssignedIdentity) (desired.Plan, error) {
 	c := r.c
 	owned, err := c.own.get(ctx, r.res)
 	if err != nil {
@@ -188,7 +188,8 @@ func (r *groupRun) planARM(ctx context.Context, desiredIDs map[string]string) (d
 	c.mu.Lock()
 	k := c.known[r.key]
 	c.mu.Unlock()
-	if len(desiredIDs) == 0 && len(owned) == 0 {
+	inherited := desired.Inherited(have, owned)
+	if len(desiredIDs) == 0 && len(owned) == 0 && len(inherited) == 0 {
 		return desired.Plan{}, nil
 	}
 	if k == nil || k.stale {
@@ -198,6 +199,9 @@ func (r *groupRun) planARM(ctx context.Context, desiredIDs map[string]string) (d
 		}
 	} else {
 		r.known = k.ids
+	}
+	if err := r.adopt(ctx, inherited, owned); err != nil {
+		return desired.Plan{}, err
 	}
 	in := desired.PlanInput{Desired: desiredIDs, Owned: owned, Immutable: c.imm, Current: r.known,
 		Hold: func(id string) bool {
@@ -249,6 +253,25 @@ func (r *groupRun) planARM(ctx context.Context, desiredIDs map[string]string) (d
 		}
 	}
 	return plan, nil
+}
+
+// adopt records as MIC's own the identities an earlier MIC (aad-pod-identity's, before the
+// migration) assigned: their AAIs, which MIC did not write, say so. Without this they would stay
+// on the VM/VMSS forever after their pods are gone. Identities nobody's AAI names stay protected.
+func (r *groupRun) adopt(ctx context.Context, inherited, owned map[string]string) error {
+	add := map[string]string{}
+	for id, clientID := range inherited {
+		if r.known.Has(id) {
+			add[id] = clientID
+			owned[id] = clientID
+		}
+	}
+	if len(add) == 0 {
+		return nil
+	}
+	r.c.log.Info("adopting identities an earlier MIC assigned (their AzureAssignedIdentities were not written by this MIC); they are removed when no pod needs them",
+		"resource", r.res.String(), "identities", slices.Sorted(maps.Keys(add)))
+	return r.c.own.change(ctx, r.res, add, nil)
 }
 
 // apply sends the plan in chunks. Identities ARM refuses by name are quarantined and the rest
@@ -616,7 +639,11 @@ func (c *Controller) update(ctx context.Context, a *desired.AAI, have *aadv1.Azu
 	for attempt := 0; ; attempt++ {
 		obj := a.Object(state)
 		obj.ResourceVersion = have.ResourceVersion
-		obj.Annotations = have.Annotations
+		obj.Annotations = maps.Clone(have.Annotations)
+		if obj.Annotations == nil {
+			obj.Annotations = map[string]string{}
+		}
+		obj.Annotations[desired.WrittenByAnnotation] = desired.WrittenByValue
 		obj.Finalizers = have.Finalizers
 		if !slices.Contains(obj.Finalizers, aadv1.AssignedIdentityFinalizer) {
 			obj.Finalizers = append(slices.Clone(obj.Finalizers), aadv1.AssignedIdentityFinalizer)

@@ -366,3 +366,29 @@ func TestChunk(t *testing.T) {
 		t.Fatal("empty plan must give no chunk")
 	}
 }
+
+func TestInheritedNamesIdentitiesOnlyAnEarlierMICAssigned(t *testing.T) {
+	obj := func(id string, st aadv1.AssignedIdentityState, ours bool) *aadv1.AzureAssignedIdentity {
+		o := &aadv1.AzureAssignedIdentity{Spec: aadv1.AzureAssignedIdentitySpec{AzureIdentityRef: &aadv1.AzureIdentity{
+			Spec: aadv1.AzureIdentitySpec{Type: aadv1.UserAssignedMSI, ResourceID: id, ClientID: "client-" + id}}}}
+		o.Status.Status = st
+		if ours {
+			o.Annotations = map[string]string{WrittenByAnnotation: WrittenByValue}
+		}
+		return o
+	}
+	sp := obj("", aadv1.AssignedIDAssigned, false)
+	sp.Spec.AzureIdentityRef.Spec.Type = aadv1.ServicePrincipal
+	have := []*aadv1.AzureAssignedIdentity{
+		obj("/X/Upstream", aadv1.AssignedIDAssigned, false), // adopted, ID lower-cased
+		obj("/x/pending", aadv1.AssignedIDCreated, false),   // the earlier MIC never confirmed it
+		obj("/x/mine", aadv1.AssignedIDAssigned, true),      // written by this MIC
+		obj("/x/owned", aadv1.AssignedIDAssigned, false),    // already recorded
+		sp,                                                  // service principals need no VM identity
+	}
+	got := Inherited(have, map[string]string{"/x/owned": "c"})
+	want := map[string]string{"/x/upstream": "client-/X/Upstream"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Inherited = %v, want %v", got, want)
+	}
+}

@@ -85,6 +85,33 @@ func sameVersion(ns string, name, rv, wns, wname, wrv string) bool {
 	return ns == wns && name == wname && rv == wrv
 }
 
+// WrittenByAnnotation marks the AzureAssignedIdentities this MIC wrote. Objects without it were
+// written by an earlier MIC (aad-pod-identity's): the identities they name were assigned by it.
+const (
+	WrittenByAnnotation = "podidentity.io/written-by"
+	WrittenByValue      = "mic"
+)
+
+// Inherited returns the identities (lower-cased ID → client ID) that Assigned objects written by
+// an earlier MIC name and that are not in owned: candidates for adoption, if still on the VM/VMSS.
+func Inherited(have []*aadv1.AzureAssignedIdentity, owned map[string]string) map[string]string {
+	var out map[string]string
+	for _, h := range have {
+		if h.Annotations[WrittenByAnnotation] != "" || h.Status.Status != aadv1.AssignedIDAssigned {
+			continue
+		}
+		id := IdentityIDOf(h)
+		if _, mine := owned[id]; id == "" || mine {
+			continue
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out[id] = h.Spec.AzureIdentityRef.Spec.ClientID
+	}
+	return out
+}
+
 // IdentityIDOf returns the lower-cased identity ID an existing object assigns ("" for service
 // principals or objects without an identity copy).
 func IdentityIDOf(h *aadv1.AzureAssignedIdentity) string {
@@ -203,6 +230,7 @@ func (a *AAI) Object(state aadv1.AssignedIdentityState) *aadv1.AzureAssignedIden
 	o.APIVersion, o.Kind = aadv1.SchemeGroupVersion.String(), "AzureAssignedIdentity"
 	o.Namespace, o.Name = a.Namespace, a.Name
 	o.Labels = map[string]string{aadv1.AssignedIdentityNodeLabel: a.NodeName}
+	o.Annotations = map[string]string{WrittenByAnnotation: WrittenByValue}
 	o.Finalizers = []string{aadv1.AssignedIdentityFinalizer}
 	return o
 }
