@@ -36,7 +36,8 @@ func TestEventsAndMetricsOfAnAssignmentAndAQuarantine(t *testing.T) {
 
 	type want struct{ kind, name, typ, reason string }
 	wants := map[want][]string{
-		{"Pod", "p", "Normal", "IdentityAssigned"}: {"good"},
+		{"Pod", "p", "Normal", "IdentityAssigned"}:                       {"good"},
+		{"AzureIdentityBinding", "b-good", "Normal", "IdentityAssigned"}: {"good", "1 pod(s)", "pool", w.ns + "/p"},
 		// Why (ARM's code) and what to do (the role to grant).
 		{"Pod", "p", "Warning", "AssignmentFailed"}:                      {bad, "LinkedAuthorizationFailed", "Managed Identity Operator"},
 		{"AzureIdentityBinding", "b-bad", "Warning", "AssignmentFailed"}: {bad, "LinkedAuthorizationFailed", "Managed Identity Operator"},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +33,7 @@ type groupRun struct {
 	// notRemoved are identities whose removal failed: their AAIs stay until it succeeds.
 	notRemoved map[string]bool
 	requeue    time.Duration
+	tally      assignTally
 }
 
 func (r *groupRun) after(d time.Duration) {
@@ -47,6 +49,7 @@ func (c *Controller) process(ctx context.Context, key string) (time.Duration, er
 		return 0, nil
 	}
 	r := &groupRun{c: c, key: key, res: snap.res[key], snap: snap, failed: map[string]string{}, notRemoved: map[string]bool{}}
+	defer r.report()
 	var want []*desired.AAI
 	var ids map[string]string
 	if g := snap.st.Groups[key]; g != nil {
@@ -466,10 +469,10 @@ func splitPending(ch desired.Changes, adding []string) (now, later desired.Chang
 func (r *groupRun) writeNew(ctx context.Context, ch desired.Changes, stateOf func(*desired.AAI) aadv1.AssignedIdentityState) error {
 	g := r.group(ctx)
 	for _, a := range ch.Create {
-		g.Go(func() error { return r.c.create(ctx, a, stateOf(a)) })
+		g.Go(func() error { return r.create(ctx, a, stateOf(a)) })
 	}
 	for _, p := range ch.Update {
-		g.Go(func() error { return r.c.update(ctx, p.Want, p.Have, stateOf(p.Want)) })
+		g.Go(func() error { return r.update(ctx, p.Want, p.Have, stateOf(p.Want)) })
 	}
 	return g.Wait()
 }
@@ -491,7 +494,7 @@ func (r *groupRun) promote(ctx context.Context, ch desired.Changes, plan desired
 			continue
 		}
 		if cur.Status.Status == aadv1.AssignedIDCreated && want == aadv1.AssignedIDAssigned {
-			g.Go(func() error { return r.c.setStatus(ctx, p.Want, cur, aadv1.AssignedIDAssigned) })
+			g.Go(func() error { return r.setStatus(ctx, p.Want, cur, aadv1.AssignedIDAssigned) })
 			continue
 		}
 		if want == aadv1.AssignedIDCreated && cur.Status.Status == aadv1.AssignedIDCreated {
@@ -592,7 +595,10 @@ func (c *Controller) written(k desired.Key, have *aadv1.AzureAssignedIdentity) *
 	return have
 }
 
-func (c *Controller) assigned(a *desired.AAI, s *snapshot) {
+// assigned records that a's pod got its identity: assignment latency, a Normal event on the pod,
+// and a count for the binding's event at the end of the run.
+func (r *groupRun) assigned(a *desired.AAI) {
+	c := r.c
 	c.mu.Lock()
 	t, ok := c.firstSeen[a.Key]
 	delete(c.firstSeen, a.Key)
@@ -601,11 +607,61 @@ func (c *Controller) assigned(a *desired.AAI, s *snapshot) {
 		c.m.AssignLatency.Observe(time.Since(t).Seconds())
 	}
 	pk := desired.Key{Namespace: a.PodNamespace, Name: a.PodName}
-	c.rec.Eventf(refObject("Pod", pk, s.pods[pk]), nil, corev1.EventTypeNormal, "IdentityAssigned", "Assign",
+	c.rec.Eventf(refObject("Pod", pk, r.snap.pods[pk]), nil, corev1.EventTypeNormal, "IdentityAssigned", "Assign",
 		"identity %s/%s assigned", a.Identity.Namespace, a.Identity.Name)
+	r.tally.add(a)
 }
 
-func (c *Controller) create(ctx context.Context, a *desired.AAI, state aadv1.AssignedIdentityState) error {
+// assignTally collects, per binding, the pods one run assigned: one Normal event per binding and
+// run instead of one per pod (a binding may select thousands).
+type assignTally struct {
+	mu sync.Mutex
+	by map[desired.Key]*tallied
+}
+
+type tallied struct {
+	binding  *aadv1.AzureIdentityBinding
+	identity string
+	pods     []string
+}
+
+func (t *assignTally) add(a *desired.AAI) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := desired.Key{Namespace: a.Binding.Namespace, Name: a.Binding.Name}
+	if t.by == nil {
+		t.by = map[desired.Key]*tallied{}
+	}
+	e := t.by[k]
+	if e == nil {
+		e = &tallied{binding: a.Binding, identity: a.Identity.Namespace + "/" + a.Identity.Name}
+		t.by[k] = e
+	}
+	e.pods = append(e.pods, a.PodNamespace+"/"+a.PodName)
+}
+
+// report puts the Normal events on the bindings.
+func (r *groupRun) report() {
+	const shown = 10
+	where := r.res.String()
+	if r.key == desired.UnresolvedGroup {
+		where = "their nodes"
+	}
+	r.tally.mu.Lock()
+	defer r.tally.mu.Unlock()
+	for _, e := range r.tally.by {
+		slices.Sort(e.pods)
+		list := strings.Join(e.pods[:min(len(e.pods), shown)], ", ")
+		if len(e.pods) > shown {
+			list += fmt.Sprintf(" and %d more", len(e.pods)-shown)
+		}
+		r.c.rec.Eventf(e.binding, nil, corev1.EventTypeNormal, "IdentityAssigned", "Assign",
+			"identity %s assigned for %d pod(s) on %s: %s", e.identity, len(e.pods), where, list)
+	}
+}
+
+func (r *groupRun) create(ctx context.Context, a *desired.AAI, state aadv1.AssignedIdentityState) error {
+	c := r.c
 	obj := a.Object(state)
 	start := time.Now()
 	err := c.c.Create(ctx, obj)
@@ -615,7 +671,7 @@ func (c *Controller) create(ctx context.Context, a *desired.AAI, state aadv1.Ass
 		if gerr := c.api.Get(ctx, client.ObjectKeyFromObject(obj), cur); gerr != nil {
 			return fmt.Errorf("reading AzureAssignedIdentity %s after AlreadyExists: %w", a.Key, gerr)
 		}
-		return c.update(ctx, a, cur, state)
+		return r.update(ctx, a, cur, state)
 	}
 	if err != nil {
 		c.m.KubeErrors.WithLabelValues("assigned_identity_addition").Inc()
@@ -630,12 +686,13 @@ func (c *Controller) create(ctx context.Context, a *desired.AAI, state aadv1.Ass
 	c.m.AddCount.Inc()
 	c.ov.put(obj)
 	if state == aadv1.AssignedIDAssigned {
-		c.assigned(a, c.snap.Load())
+		r.assigned(a)
 	}
 	return nil
 }
 
-func (c *Controller) update(ctx context.Context, a *desired.AAI, have *aadv1.AzureAssignedIdentity, state aadv1.AssignedIdentityState) error {
+func (r *groupRun) update(ctx context.Context, a *desired.AAI, have *aadv1.AzureAssignedIdentity, state aadv1.AssignedIdentityState) error {
+	c := r.c
 	for attempt := 0; ; attempt++ {
 		obj := a.Object(state)
 		obj.ResourceVersion = have.ResourceVersion
@@ -669,13 +726,14 @@ func (c *Controller) update(ctx context.Context, a *desired.AAI, have *aadv1.Azu
 		c.m.UpdCount.Inc()
 		c.ov.put(obj)
 		if state == aadv1.AssignedIDAssigned {
-			c.assigned(a, c.snap.Load())
+			r.assigned(a)
 		}
 		return nil
 	}
 }
 
-func (c *Controller) setStatus(ctx context.Context, a *desired.AAI, have *aadv1.AzureAssignedIdentity, state aadv1.AssignedIdentityState) error {
+func (r *groupRun) setStatus(ctx context.Context, a *desired.AAI, have *aadv1.AzureAssignedIdentity, state aadv1.AssignedIdentityState) error {
+	c := r.c
 	obj := have.DeepCopy()
 	obj.Status.Status = state
 	obj.Status.AvailableReplicas = 1
@@ -691,7 +749,7 @@ func (c *Controller) setStatus(ctx context.Context, a *desired.AAI, have *aadv1.
 	c.m.UpdCount.Inc()
 	c.ov.put(obj)
 	if state == aadv1.AssignedIDAssigned {
-		c.assigned(a, c.snap.Load())
+		r.assigned(a)
 	}
 	return nil
 }

@@ -384,7 +384,7 @@ func TestInheritedNamesIdentitiesOnlyAnEarlierMICAssigned(t *testing.T) {
 		obj("/x/pending", aadv1.AssignedIDCreated, false),   // the earlier MIC never confirmed it
 		obj("/x/mine", aadv1.AssignedIDAssigned, true),      // written by this MIC
 		obj("/x/owned", aadv1.AssignedIDAssigned, false),    // already recorded
-		sp,                                                  // service principals need no VM identity
+		sp, // service principals need no VM identity
 	}
 	got := Inherited(have, map[string]string{"/x/owned": "c"})
 	want := map[string]string{"/x/upstream": "client-/X/Upstream"}
