@@ -28,6 +28,7 @@ import (
 	"github.com/podidentity/podidentity/internal/azureconfig"
 	"github.com/podidentity/podidentity/internal/cloud"
 	"github.com/podidentity/podidentity/internal/cloud/armcloud"
+	"github.com/podidentity/podidentity/internal/logging"
 	"github.com/podidentity/podidentity/internal/mic"
 )
 
@@ -98,7 +99,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.workers, "workers", 16, "VMs/VMSS reconciled in parallel.")
 	fs.DurationVar(&o.pollInterval, "arm-poll-interval", time.Second, "Poll interval of ARM long-running operations without Retry-After.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove MIC's finalizer from every AzureAssignedIdentity, delete them, and exit (uninstall / stuck namespace).")
-	fs.StringVar(&o.logFormat, "log-format", "text", "Log format: text or json (klog).")
+	fs.StringVar(&o.logFormat, "log-format", "text", "Log format: text (klog) or json (one object per line).")
 	fs.StringVar(&o.customUserAgent, "custom-user-agent", "", "Appended to the user agent of ARM calls.")
 }
 
@@ -146,6 +147,9 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return nil
 	}
 	if err := o.validate(); err != nil {
+		return err
+	}
+	if err := logging.Setup(o.logFormat, logging.Verbosity(kfs), os.Stderr); err != nil {
 		return err
 	}
 	log := klog.NewKlogr()

@@ -29,6 +29,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/iptables"
+	"github.com/podidentity/podidentity/internal/logging"
 	"github.com/podidentity/podidentity/internal/nmi"
 	"github.com/podidentity/podidentity/internal/version"
 )
@@ -98,7 +99,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.setRetryAfterHeader, "set-retry-after-header", false, "answer 503 + Retry-After at once instead of waiting for an assignment")
 	fs.BoolVar(&o.enableConntrackDeletion, "enable-conntrack-deletion", false, "after installing the redirect, delete conntrack entries to the metadata address")
 	fs.StringVar(&o.customUserAgent, "custom-user-agent", "", "text appended to NMI's User-Agent (podidentity/nmi/<version>)")
-	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json (json is accepted; klog writes text)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (klog) or json (one object per line)")
 	fs.Float64Var(&o.podRateLimit, "pod-rate-limit", 20, "token requests per second one pod may send that reach Azure (cache misses, passthrough); 0 = unlimited")
 	fs.IntVar(&o.podRateBurst, "pod-rate-burst", 40, "burst of --pod-rate-limit")
 	fs.StringSliceVar(&o.prefetchResources, "prefetch-resources", []string{"https://management.azure.com/"}, "resources fetched as soon as an identity is assigned (besides those pods asked for before)")
@@ -154,6 +155,10 @@ func main() {
 	_ = fs.Parse(os.Args[1:])
 	if version.PrintIfRequested(o.version, "nmi", os.Stdout) {
 		return
+	}
+	if err := logging.Setup(o.logFormat, logging.Verbosity(gofs), os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
 	log := klog.Background().WithName("nmi")
 	if err := run(&o, log); err != nil {

@@ -114,6 +114,8 @@ func (c *Controller) Start(ctx context.Context) error {
 	defer resync.Stop()
 	defer recon.Stop()
 	c.kick()
+	// The first pass needs no batching: the caches are synced, the whole backlog is there at once.
+	first := true
 	for {
 		select {
 		case <-ctx.Done():
@@ -129,7 +131,10 @@ func (c *Controller) Start(ctx context.Context) error {
 			continue
 		case <-c.trigger:
 		}
-		c.batch(ctx)
+		if !first {
+			c.batch(ctx)
+		}
+		first = false
 		if ctx.Err() != nil {
 			continue
 		}
