@@ -14,6 +14,7 @@ import (
 
 	"github.com/go-logr/logr/testr"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -386,5 +387,42 @@ func (w *world) waitAssigned(resource string, want ...string) {
 			got = []string{}
 		}
 		return fmt.Sprint(got) == fmt.Sprint(want), fmt.Sprint(got)
+	})
+}
+
+// eventWant identifies an event: the kind and name of the object it regards, type and reason.
+type eventWant struct{ kind, name, typ, reason string }
+
+// waitEvents waits until, for each wanted event, one exists in the world's namespace whose note
+// contains all the given words.
+func (w *world) waitEvents(wants map[eventWant][]string) {
+	w.t.Helper()
+	eventually(w.t, "events", func() (bool, string) {
+		var l eventsv1.EventList
+		if err := w.cl.List(testenv.Context(w.t), &l, client.InNamespace(w.ns)); err != nil {
+			return false, err.Error()
+		}
+		var missing []string
+		for k, words := range wants {
+			found := slices.ContainsFunc(l.Items, func(e eventsv1.Event) bool {
+				if e.Regarding.Kind != k.kind || e.Regarding.Name != k.name || e.Type != k.typ || e.Reason != k.reason {
+					return false
+				}
+				for _, s := range words {
+					if !strings.Contains(e.Note, s) {
+						return false
+					}
+				}
+				return true
+			})
+			if !found {
+				missing = append(missing, fmt.Sprintf("%v %q", k, words))
+			}
+		}
+		var seen []string
+		for _, e := range l.Items {
+			seen = append(seen, fmt.Sprintf("%s/%s %s %s: %s", e.Regarding.Kind, e.Regarding.Name, e.Type, e.Reason, e.Note))
+		}
+		return len(missing) == 0, "missing " + strings.Join(missing, "; ") + "\nseen:\n" + strings.Join(seen, "\n")
 	})
 }

@@ -34,41 +34,12 @@ func TestEventsAndMetricsOfAnAssignmentAndAQuarantine(t *testing.T) {
 	w.pod("p", w.vmssNode("pool", 0), "sel")
 	w.waitAAIs(map[string]aadv1.AssignedIdentityState{w.aaiName("p", "good"): assigned, w.aaiName("p", bad): created})
 
-	type want struct{ kind, name, typ, reason string }
-	wants := map[want][]string{
+	w.waitEvents(map[eventWant][]string{
 		{"Pod", "p", "Normal", "IdentityAssigned"}:                       {"good"},
 		{"AzureIdentityBinding", "b-good", "Normal", "IdentityAssigned"}: {"good", "1 pod(s)", "pool", w.ns + "/p"},
 		// Why (ARM's code) and what to do (the role to grant).
 		{"Pod", "p", "Warning", "AssignmentFailed"}:                      {bad, "LinkedAuthorizationFailed", "Managed Identity Operator"},
 		{"AzureIdentityBinding", "b-bad", "Warning", "AssignmentFailed"}: {bad, "LinkedAuthorizationFailed", "Managed Identity Operator"},
-	}
-	eventually(t, "Normal and Warning events on pod and binding", func() (bool, string) {
-		var l eventsv1.EventList
-		if err := w.cl.List(testenv.Context(t), &l, client.InNamespace(w.ns)); err != nil {
-			return false, err.Error()
-		}
-		var seen []string
-		missing := 0
-		for k, words := range wants {
-			found := slices.ContainsFunc(l.Items, func(e eventsv1.Event) bool {
-				if e.Regarding.Kind != k.kind || e.Regarding.Name != k.name || e.Type != k.typ || e.Reason != k.reason {
-					return false
-				}
-				for _, s := range words {
-					if !strings.Contains(e.Note, s) {
-						return false
-					}
-				}
-				return true
-			})
-			if !found {
-				missing++
-			}
-		}
-		for _, e := range l.Items {
-			seen = append(seen, fmt.Sprintf("%s/%s %s %s: %s", e.Regarding.Kind, e.Regarding.Name, e.Type, e.Reason, e.Note))
-		}
-		return missing == 0, strings.Join(seen, "\n")
 	})
 	// The valid identity never gets a Warning: the refused one did not hold it back.
 	var l eventsv1.EventList

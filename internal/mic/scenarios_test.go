@@ -395,3 +395,27 @@ func TestIdentitiesAssignedByAnEarlierMICAreAdoptedAndReleasedWithTheirPods(t *t
 	w.waitAAIs(map[string]aadv1.AssignedIdentityState{})
 	w.waitAssigned("pool", "manual")
 }
+
+func TestBadInputIsReportedAndHoldsNobodyElseBack(t *testing.T) {
+	// A binding naming an identity that does not exist, and a pod on a node of a VMSS that no
+	// longer exists in Azure: each is reported where its owner looks, and the valid pod on a
+	// healthy VMSS is assigned regardless.
+	w := newWorld(t, emulator.Config{VirtualMachineScaleSets: []emulator.VMSSConfig{{Name: "pool", Instances: 1}},
+		UserAssignedIdentities: []emulator.IdentityConfig{{Name: "good"}}})
+	w.startMIC(micOpts{})
+	w.identity("good")
+	w.binding("b-good", "good", "sel")
+	w.binding("b-missing", "nothere", "sel")
+	w.binding("b-gone", "good", "gone-sel")
+	gone := w.ns + "-gone-0"
+	w.node(gone, testenv.VMSSProviderID(w.sub, w.rg, "gone", 0))
+	w.pod("p", w.vmssNode("pool", 0), "sel")
+	w.pod("q", gone, "gone-sel")
+
+	w.waitAAIs(map[string]aadv1.AssignedIdentityState{w.aaiName("p", "good"): assigned})
+	w.waitAssigned("pool", "good")
+	w.waitEvents(map[eventWant][]string{
+		{"AzureIdentityBinding", "b-missing", "Warning", "MissingIdentity"}: {"nothere"},
+		{"AzureIdentityBinding", "b-gone", "Warning", "AssignmentFailed"}:   {"virtualMachineScaleSets/gone", "exists"},
+	})
+}
