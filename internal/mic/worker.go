@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -660,6 +661,17 @@ func (r *groupRun) report() {
 	}
 }
 
+// wrote books a successful write of obj: duration and count, the overlay, and the assignment
+// when obj is Assigned.
+func (r *groupRun) wrote(a *desired.AAI, obj *aadv1.AzureAssignedIdentity, start time.Time, d prometheus.Observer, n prometheus.Counter) {
+	d.Observe(time.Since(start).Seconds())
+	n.Inc()
+	r.c.ov.put(obj)
+	if obj.Status.Status == aadv1.AssignedIDAssigned {
+		r.assigned(a)
+	}
+}
+
 func (r *groupRun) create(ctx context.Context, a *desired.AAI, state aadv1.AssignedIdentityState) error {
 	c := r.c
 	obj := a.Object(state)
@@ -682,12 +694,7 @@ func (r *groupRun) create(ctx context.Context, a *desired.AAI, state aadv1.Assig
 		}
 		return fmt.Errorf("creating AzureAssignedIdentity %s: %w", a.Key, err)
 	}
-	c.m.AddDuration.Observe(time.Since(start).Seconds())
-	c.m.AddCount.Inc()
-	c.ov.put(obj)
-	if state == aadv1.AssignedIDAssigned {
-		r.assigned(a)
-	}
+	r.wrote(a, obj, start, c.m.AddDuration, c.m.AddCount)
 	return nil
 }
 
@@ -722,12 +729,7 @@ func (r *groupRun) update(ctx context.Context, a *desired.AAI, have *aadv1.Azure
 			c.m.KubeErrors.WithLabelValues("assigned_identity_update").Inc()
 			return fmt.Errorf("updating AzureAssignedIdentity %s: %w", a.Key, err)
 		}
-		c.m.UpdDuration.Observe(time.Since(start).Seconds())
-		c.m.UpdCount.Inc()
-		c.ov.put(obj)
-		if state == aadv1.AssignedIDAssigned {
-			r.assigned(a)
-		}
+		r.wrote(a, obj, start, c.m.UpdDuration, c.m.UpdCount)
 		return nil
 	}
 }
@@ -745,12 +747,7 @@ func (r *groupRun) setStatus(ctx context.Context, a *desired.AAI, have *aadv1.Az
 		c.m.KubeErrors.WithLabelValues("update_azure_assigned_identity_status").Inc()
 		return fmt.Errorf("setting AzureAssignedIdentity %s to %s: %w", a.Key, state, err)
 	}
-	c.m.UpdDuration.Observe(time.Since(start).Seconds())
-	c.m.UpdCount.Inc()
-	c.ov.put(obj)
-	if state == aadv1.AssignedIDAssigned {
-		r.assigned(a)
-	}
+	r.wrote(a, obj, start, c.m.UpdDuration, c.m.UpdCount)
 	return nil
 }
 
