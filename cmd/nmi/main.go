@@ -222,6 +222,7 @@ func run(o *options, log logr.Logger) error {
 	}
 	synced.Store(true)
 	secrets := nmi.NewSecretWatcher(ctx, kc)
+	go secrets.RetainReferenced(ctx, store)
 	srv := nmi.NewServer(cfg, store, secrets, metrics, log.WithName("server"))
 	go srv.Run(ctx)
 

@@ -51,8 +51,10 @@ type harness struct {
 	emu   *emulator.Emulator
 	srv   *Server
 	store *Store
-	addr  string // NMI listener host:port
-	ctx   context.Context
+	// secrets watches the Secrets of service-principal identities.
+	secrets *SecretWatcher
+	addr    string // NMI listener host:port
+	ctx     context.Context
 }
 
 type harnessOpts struct {
@@ -135,6 +137,8 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	kc := kubernetes.NewForConfigOrDie(env.Config)
 	sw := NewSecretWatcher(ctx, kc)
+	go sw.RetainReferenced(ctx, h.store)
+	h.secrets = sw
 	h.srv = NewServer(cfg, h.store, sw, NewMetrics(nil), log)
 	go h.srv.Run(ctx)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -222,6 +223,33 @@ func TestServicePrincipals(t *testing.T) {
 		waitBriefly() // the Secret watch has not delivered the update yet
 	}
 	wantStatus(t, a, 403)
+}
+
+// A Secret is watched from the first token of an identity that references it until no identity
+// does: deleting the identity stops the watch (NMI watches no Secret it does not need).
+func TestSecretWatchStopsWhenNoIdentityReferencesTheSecret(t *testing.T) {
+	h := newHarness(t, harnessOpts{principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}}})
+	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"clientSecret": []byte("s3cret")}})
+	sp := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Spec: aadv1.AzureIdentitySpec{
+		Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: h.emu.Config().TenantID, ClientPassword: corev1.SecretReference{Name: "sp"}}}
+	env.Create(t, sp)
+	h.binding("sp", "sp")
+	pod := h.pod("app", "sp", nil)
+	h.assign(pod, sp, aadv1.AssignedIDAssigned)
+	wantStatus(t, h.token(pod), 200)
+	if got := h.secrets.Watching(); !slices.Equal(got, []string{h.ns + "/sp"}) {
+		t.Fatalf("watched Secrets after a token: %v, want [%s/sp]", got, h.ns)
+	}
+	if err := env.Client.Delete(testenv.Context(t), sp); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for len(h.secrets.Watching()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Secret watches still running after the identity was deleted: %v", h.secrets.Watching())
+		}
+		waitBriefly()
+	}
 }
 
 // auxiliaryTenantIDs: NMI asks Azure AD in each tenant. Here the principal is registered in its

@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -40,6 +42,19 @@ type ServicePrincipalSource struct {
 	AuthorityHost string
 	// ClientOptions carries the transport (e.g. a CA to trust) and retry settings for Azure AD.
 	ClientOptions azcore.ClientOptions
+}
+
+// secretKey is the namespace/name of the Secret a service-principal identity references (without
+// a namespace, the identity's own), or "" for other identities.
+func secretKey(id *aadv1.AzureIdentity) string {
+	if id.Spec.Type == aadv1.UserAssignedMSI || id.Spec.ClientPassword.Name == "" {
+		return ""
+	}
+	ns := id.Spec.ClientPassword.Namespace
+	if ns == "" {
+		ns = id.Namespace
+	}
+	return ns + "/" + id.Spec.ClientPassword.Name
 }
 
 // secretFor returns the Secret an identity references; without a namespace, the identity's own.
@@ -200,39 +215,81 @@ func firstLine(s string) string {
 }
 
 // SecretWatcher keeps one watch per Secret that an identity references: NMI needs few Secrets,
-// and watching all of them cluster-wide would cost memory and RBAC breadth.
+// and watching all of them cluster-wide would cost memory and RBAC breadth. Watches of Secrets no
+// identity references any more are stopped (Retain).
 type SecretWatcher struct {
 	Client kubernetes.Interface
 	ctx    context.Context
 
 	mu      sync.Mutex
-	watches map[string]toolscache.SharedIndexInformer
+	watches map[string]*secretWatch
 	// OnChange is called when a watched Secret changes (to wake waiters, invalidate caches).
 	OnChange func()
 }
 
+type secretWatch struct {
+	inf  toolscache.SharedIndexInformer
+	stop context.CancelFunc
+}
+
 // NewSecretWatcher returns a watcher whose watches stop when ctx ends.
 func NewSecretWatcher(ctx context.Context, c kubernetes.Interface) *SecretWatcher {
-	return &SecretWatcher{Client: c, ctx: ctx, watches: map[string]toolscache.SharedIndexInformer{}}
+	return &SecretWatcher{Client: c, ctx: ctx, watches: map[string]*secretWatch{}}
+}
+
+// Watching returns the namespace/name of every Secret watched now.
+func (w *SecretWatcher) Watching() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Sorted(maps.Keys(w.watches))
+}
+
+// Retain stops the watches of Secrets not in keep (namespace/name).
+func (w *SecretWatcher) Retain(keep map[string]bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for k, sw := range w.watches {
+		if !keep[k] {
+			sw.stop()
+			delete(w.watches, k)
+		}
+	}
+}
+
+// RetainReferenced keeps only the watches of Secrets the store's identities reference, after
+// every change of the store, until ctx ends.
+func (w *SecretWatcher) RetainReferenced(ctx context.Context, st *Store) {
+	for {
+		changed := st.Changed()
+		w.Retain(st.SecretRefs())
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
 }
 
 // GetSecret returns the Secret from its watch, starting the watch on first use.
 func (w *SecretWatcher) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
 	key := namespace + "/" + name
 	w.mu.Lock()
-	inf := w.watches[key]
-	if inf == nil {
+	sw := w.watches[key]
+	if sw == nil {
 		lw := toolscache.NewListWatchFromClient(w.Client.CoreV1().RESTClient(), "secrets", namespace,
 			fields.OneTermEqualSelector("metadata.name", name))
-		inf = toolscache.NewSharedIndexInformer(lw, &corev1.Secret{}, 0, toolscache.Indexers{})
+		inf := toolscache.NewSharedIndexInformer(lw, &corev1.Secret{}, 0, toolscache.Indexers{})
 		if w.OnChange != nil {
 			f := func(any) { w.OnChange() }
 			_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: f, DeleteFunc: f,
 				UpdateFunc: func(any, any) { w.OnChange() }})
 		}
-		w.watches[key] = inf
-		go inf.RunWithContext(w.ctx)
+		wctx, stop := context.WithCancel(w.ctx)
+		sw = &secretWatch{inf: inf, stop: stop}
+		w.watches[key] = sw
+		go inf.RunWithContext(wctx)
 	}
+	inf := sw.inf
 	w.mu.Unlock()
 	if !inf.HasSynced() && !toolscache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return nil, fmt.Errorf("watch of Secret %s did not sync before the request ended: check NMI's RBAC (list/watch secrets) and API server reachability", key)

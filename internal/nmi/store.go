@@ -271,6 +271,19 @@ func (s *Store) UpsertIdentity(id *aadv1.AzureIdentity) {
 	s.mu.Unlock()
 }
 
+// SecretRefs returns the Secrets (namespace/name) the identities reference.
+func (s *Store) SecretRefs() map[string]bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := map[string]bool{}
+	for _, id := range s.identities {
+		if k := secretKey(id); k != "" {
+			out[k] = true
+		}
+	}
+	return out
+}
+
 // DeleteIdentity forgets an AzureIdentity.
 func (s *Store) DeleteIdentity(namespace, name string) {
 	s.mu.Lock()
