@@ -58,7 +58,7 @@ func (o Options) Defaulted() Options {
 		}
 	}
 	def(&o.BatchIdle, time.Second)
-	def(&o.BatchMax, 3*time.Second)
+	def(&o.BatchMax, 5*time.Second)
 	def(&o.ResyncInterval, time.Hour)
 	def(&o.ReconcileInterval, 3*time.Minute)
 	def(&o.QuarantineBase, 10*time.Second)
