@@ -50,7 +50,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 }
 
 // BenchmarkEndToEndBinary is BenchmarkEndToEnd with MIC as the real cmd/mic binary in a
-// subprocess (default flags: 1 s batch idle, 10 s batch max, 1 s ARM polling), so that
+// subprocess (default flags: 1 s batch idle, 5 s batch max, 1 s ARM polling), so that
 // mic-RSS-MiB is MIC's own memory, not the test process's (which holds the emulator, the test
 // clients and their caches too).
 //

@@ -225,6 +225,34 @@ func TestServicePrincipals(t *testing.T) {
 	wantStatus(t, a, 403)
 }
 
+// A service principal is prefetched on Assigned too: its Secret is read, Azure AD asked once, and
+// the pod's first request is a cache hit.
+func TestServicePrincipalPrefetch(t *testing.T) {
+	h := newHarness(t, harnessOpts{principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}},
+		cfg: func(c *Config) { c.PrefetchResources = []string{armResource} }})
+	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"clientSecret": []byte("s3cret")}})
+	sp := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Spec: aadv1.AzureIdentitySpec{
+		Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: h.emu.Config().TenantID, ClientPassword: corev1.SecretReference{Name: "sp"}}}
+	env.Create(t, sp)
+	h.binding("sp", "sp")
+	pod := h.pod("app", "sp", nil)
+	aadCalls := func() int64 {
+		return h.emu.Count(emulator.CounterKey{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken})
+	}
+	h.assign(pod, sp, aadv1.AssignedIDAssigned)
+	deadline := time.Now().Add(30 * time.Second)
+	for aadCalls() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no prefetch reached Azure AD after the assignment")
+		}
+		waitBriefly()
+	}
+	wantStatus(t, h.token(pod), 200)
+	if n := aadCalls(); n != 1 {
+		t.Errorf("Azure AD token calls %d, want 1 (the prefetch; the request was a cache hit)", n)
+	}
+}
+
 // A Secret is watched from the first token of an identity that references it until no identity
 // does: deleting the identity stops the watch (NMI watches no Secret it does not need).
 func TestSecretWatchStopsWhenNoIdentityReferencesTheSecret(t *testing.T) {

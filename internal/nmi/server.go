@@ -486,7 +486,8 @@ func (s *Server) fetch(ctx context.Context, pod *podInfo, id *aadv1.AzureIdentit
 		s.metrics.rateLimited.Inc()
 		return nil, err
 	}
-	s.remember(credKey, resource)
+	// Remembered by identity, not credential version: a rotated Secret keeps its resources.
+	s.remember(s.staticCredKey(id), resource)
 	op := "token_msi_userassignedid"
 	if id.Spec.Type != aadv1.UserAssignedMSI {
 		op = "token_aad"
@@ -532,47 +533,60 @@ func (s *Server) remember(credKey, resource string) {
 }
 
 // prefetch fetches tokens for a newly Assigned identity in the background (kiam-style), so the
-// pod's first request is a hit. It retries while IMDS does not know the identity yet.
+// pod's first request is a hit. Managed identities retry while IMDS does not know the identity
+// yet; service principals read their Secret (starting its watch) and ask Azure AD once.
 func (s *Server) prefetch(a *aaiInfo) {
 	id := a.Identity
-	if id.Spec.Type != aadv1.UserAssignedMSI {
-		return // service principals need their Secret: fetched on first use instead
+	if id.Spec.Type != aadv1.UserAssignedMSI && s.sp.Secrets == nil {
+		return
 	}
-	credKey := s.staticCredKey(id)
 	resources := map[string]struct{}{}
 	for _, r := range s.cfg.PrefetchResources {
 		resources[r] = struct{}{}
 	}
 	s.seenMu.Lock()
-	for r := range s.seen[credKey] {
+	for r := range s.seen[s.staticCredKey(id)] {
 		resources[r] = struct{}{}
 	}
 	s.seenMu.Unlock()
 	for r := range resources {
-		key := cacheKey(credKey, r)
 		go func() {
 			s.prefetchSem <- struct{}{}
 			defer func() { <-s.prefetchSem }()
-			deadline := time.Now().Add(s.cfg.PrefetchBudget)
-			backoff := 200 * time.Millisecond
-			for {
-				if s.cache.Lookup(key) != nil {
-					return
-				}
-				_, err := s.cache.Fetch(context.Background(), key, func(ctx context.Context) ([]Token, error) { return s.imds.Fetch(ctx, id, r) })
-				if err == nil {
-					s.metrics.prefetches.WithLabelValues("ok").Inc()
-					return
-				}
-				if !errors.Is(err, ErrIdentityNotFound) || time.Now().Add(backoff).After(deadline) {
-					s.metrics.prefetches.WithLabelValues("error").Inc()
-					s.log.V(1).Info("prefetch failed; the first request will fetch", "clientID", id.Spec.ClientID, "error", err.Error())
-					return
-				}
-				time.Sleep(backoff)
-				backoff = min(2*backoff, 5*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PrefetchBudget)
+			defer cancel()
+			err := s.prefetchOne(ctx, id, r)
+			result := "ok"
+			if err != nil {
+				result = "error"
+				s.log.V(1).Info("prefetch failed; the first request will fetch", "identity", id.Namespace+"/"+id.Name, "error", err.Error())
 			}
+			s.metrics.prefetches.WithLabelValues(result).Inc()
 		}()
+	}
+}
+
+func (s *Server) prefetchOne(ctx context.Context, id *aadv1.AzureIdentity, resource string) error {
+	credKey, src, err := s.credentials(ctx, id)
+	if err != nil {
+		return err
+	}
+	key := cacheKey(credKey, resource)
+	backoff := 200 * time.Millisecond
+	for {
+		if s.cache.Lookup(key) != nil {
+			return nil
+		}
+		_, err := s.cache.Fetch(ctx, key, func(ctx context.Context) ([]Token, error) { return src.Fetch(ctx, id, resource) })
+		if err == nil || !errors.Is(err, ErrIdentityNotFound) {
+			return err
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return err
+		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
