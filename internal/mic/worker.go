@@ -613,8 +613,8 @@ func (r *groupRun) assigned(a *desired.AAI) {
 	r.tally.add(a)
 }
 
-// assignTally collects, per binding, the pods one run assigned: one Normal event per binding and
-// run instead of one per pod (a binding may select thousands).
+// assignTally collects, per binding, the pods one run assigned, for one Normal event per binding
+// and run (a binding may select thousands of pods; each pod has its own event too).
 type assignTally struct {
 	mu sync.Mutex
 	by map[desired.Key]*tallied

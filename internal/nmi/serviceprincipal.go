@@ -256,8 +256,8 @@ func (w *SecretWatcher) Retain(keep map[string]bool) {
 	}
 }
 
-// RetainReferenced keeps only the watches of Secrets the store's identities reference, after
-// every change of the store, until ctx ends.
+// RetainReferenced keeps only the watches of Secrets the store's identities reference, checked
+// at most once a second after changes of the store, until ctx ends.
 func (w *SecretWatcher) RetainReferenced(ctx context.Context, st *Store) {
 	for {
 		changed := st.Changed()
@@ -266,6 +266,12 @@ func (w *SecretWatcher) RetainReferenced(ctx context.Context, st *Store) {
 		case <-ctx.Done():
 			return
 		case <-changed:
+		}
+		// Pods change far more often than identities: one check covers a burst of changes.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
 		}
 	}
 }
