@@ -229,6 +229,7 @@ type SecretWatcher struct {
 
 type secretWatch struct {
 	inf  toolscache.SharedIndexInformer
+	ctx  context.Context // ends when the watch is stopped
 	stop context.CancelFunc
 }
 
@@ -279,30 +280,50 @@ func (w *SecretWatcher) RetainReferenced(ctx context.Context, st *Store) {
 // GetSecret returns the Secret from its watch, starting the watch on first use.
 func (w *SecretWatcher) GetSecret(ctx context.Context, namespace, name string) (*corev1.Secret, error) {
 	key := namespace + "/" + name
-	w.mu.Lock()
-	sw := w.watches[key]
-	if sw == nil {
-		lw := toolscache.NewListWatchFromClient(w.Client.CoreV1().RESTClient(), "secrets", namespace,
-			fields.OneTermEqualSelector("metadata.name", name))
-		inf := toolscache.NewSharedIndexInformer(lw, &corev1.Secret{}, 0, toolscache.Indexers{})
-		if w.OnChange != nil {
-			f := func(any) { w.OnChange() }
-			_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: f, DeleteFunc: f,
-				UpdateFunc: func(any, any) { w.OnChange() }})
+	for {
+		sw := w.watch(namespace, name)
+		if !sw.inf.HasSynced() {
+			// Also stop waiting when Retain stops this watch meanwhile (the identity was deleted
+			// and re-created, say): then a new watch is started.
+			wait, cancel := context.WithCancel(ctx)
+			stopWaiting := context.AfterFunc(sw.ctx, cancel)
+			synced := toolscache.WaitForCacheSync(wait.Done(), sw.inf.HasSynced)
+			stopWaiting()
+			cancel()
+			if !synced {
+				if ctx.Err() == nil && w.ctx.Err() == nil && sw.ctx.Err() != nil {
+					continue
+				}
+				return nil, fmt.Errorf("watch of Secret %s did not sync before the request ended: check NMI's RBAC (list/watch secrets) and API server reachability", key)
+			}
 		}
-		wctx, stop := context.WithCancel(w.ctx)
-		sw = &secretWatch{inf: inf, stop: stop}
-		w.watches[key] = sw
-		go inf.RunWithContext(wctx)
+		obj, ok, err := sw.inf.GetStore().GetByKey(key)
+		if err != nil || !ok {
+			return nil, err
+		}
+		return obj.(*corev1.Secret), nil
 	}
-	inf := sw.inf
-	w.mu.Unlock()
-	if !inf.HasSynced() && !toolscache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-		return nil, fmt.Errorf("watch of Secret %s did not sync before the request ended: check NMI's RBAC (list/watch secrets) and API server reachability", key)
+}
+
+// watch returns the running watch of a Secret, starting it if needed.
+func (w *SecretWatcher) watch(namespace, name string) *secretWatch {
+	key := namespace + "/" + name
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if sw := w.watches[key]; sw != nil {
+		return sw
 	}
-	obj, ok, err := inf.GetStore().GetByKey(key)
-	if err != nil || !ok {
-		return nil, err
+	lw := toolscache.NewListWatchFromClient(w.Client.CoreV1().RESTClient(), "secrets", namespace,
+		fields.OneTermEqualSelector("metadata.name", name))
+	inf := toolscache.NewSharedIndexInformer(lw, &corev1.Secret{}, 0, toolscache.Indexers{})
+	if w.OnChange != nil {
+		f := func(any) { w.OnChange() }
+		_, _ = inf.AddEventHandler(toolscache.ResourceEventHandlerFuncs{AddFunc: f, DeleteFunc: f,
+			UpdateFunc: func(any, any) { w.OnChange() }})
 	}
-	return obj.(*corev1.Secret), nil
+	wctx, stop := context.WithCancel(w.ctx)
+	sw := &secretWatch{inf: inf, ctx: wctx, stop: stop}
+	w.watches[key] = sw
+	go inf.RunWithContext(wctx)
+	return sw
 }
