@@ -334,7 +334,7 @@ func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request, tenant str
 	}
 	now := time.Now()
 	life := e.cfg.Timing.TokenLifetime.Duration
-	tok, exp, err := e.mintToken(tokenSpec{Audience: resource, TenantID: tid, AppID: p.AppID, OID: p.ObjectID, Lifetime: life}, now)
+	tok, exp, err := e.mintToken(tokenSpec{Audience: resource, TenantID: tid, AppID: p.AppID, OID: p.objectIDIn(tid), Lifetime: life}, now)
 	if err != nil {
 		writeAADError(w, r, &aadErr{500, "server_error", 50000, err.Error()})
 		return

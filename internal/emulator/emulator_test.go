@@ -206,6 +206,7 @@ func TestMultiTenantPrincipalGetsTokensInEachTenant(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	oids := map[string]any{}
 	for _, tenant := range []string{home, other} {
 		tok, err := c.GetToken(ctx(t), policy.TokenRequestOptions{Scopes: []string{"https://management.azure.com/.default"}, TenantID: tenant})
 		if err != nil {
@@ -215,6 +216,11 @@ func TestMultiTenantPrincipalGetsTokensInEachTenant(t *testing.T) {
 		if err != nil || claims["tid"] != tenant || claims["iss"] != e.Issuer(tenant) || claims["appid"] != testApp {
 			t.Errorf("tenant %s: token claims tid=%v iss=%v appid=%v (%v)", tenant, claims["tid"], claims["iss"], claims["appid"], err)
 		}
+		oids[tenant] = claims["oid"]
+	}
+	// One service principal per tenant, each with its own object ID.
+	if oids[home] == nil || oids[home] == oids[other] {
+		t.Errorf("object IDs by tenant %v: want a different one per tenant", oids)
 	}
 	d, err := azidentity.NewClientSecretCredential(other, deniedApp, testSecret, &azidentity.ClientSecretCredentialOptions{
 		ClientOptions: e.ClientOptions(), DisableInstanceDiscovery: true})

@@ -125,6 +125,15 @@ type principal struct {
 	Denied                 map[string]bool // lower identity IDs
 }
 
+// objectIDIn is the principal's object ID in a tenant: a multi-tenant app has a service principal
+// of its own, with its own object ID, in every tenant it is registered in.
+func (p *principal) objectIDIn(tenant string) string {
+	if strings.EqualFold(tenant, p.TenantID) {
+		return p.ObjectID
+	}
+	return derivedGUID("sp:" + p.AppID + "@" + strings.ToLower(tenant))
+}
+
 // operation is an ARM long-running operation.
 type operation struct {
 	ID, Location, Sub string
