@@ -13,14 +13,14 @@ import (
 	"testing"
 	"time"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/emulator"
 	"golang.org/x/sync/errgroup"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/emulator"
 	"github.com/podidentity/podidentity/internal/testenv"
 )
 
