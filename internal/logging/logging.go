@@ -14,8 +14,7 @@ import (
 
 // Setup routes klog, and every logr logger taken from it (klog.Background, klog.NewKlogr), to the
 // format. verbosity is klog's -v: it also bounds V-levels of loggers that bypass klog's own check.
-// JSON lines carry "time", "level", "msg", "logger", "v" (for V-levels above 0) and the key/value
-// pairs as fields.
+// JSON lines carry "time", "level", "msg", "logger" and the key/value pairs as fields.
 func Setup(format string, verbosity int, w io.Writer) error {
 	switch format {
 	case "", "text":
