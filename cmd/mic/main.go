@@ -28,6 +28,7 @@ import (
 	"github.com/podidentity/podidentity/internal/azureconfig"
 	"github.com/podidentity/podidentity/internal/cloud"
 	"github.com/podidentity/podidentity/internal/cloud/armcloud"
+	"github.com/podidentity/podidentity/internal/kubescheme"
 	"github.com/podidentity/podidentity/internal/logging"
 	"github.com/podidentity/podidentity/internal/mic"
 )
@@ -172,7 +173,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	defer stop()
 
 	if o.cleanup {
-		c, err := client.New(restCfg, client.Options{Scheme: mic.Scheme()})
+		c, err := client.New(restCfg, client.Options{Scheme: kubescheme.New()})
 		if err != nil {
 			return fmt.Errorf("creating the Kubernetes client: %w", err)
 		}

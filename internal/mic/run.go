@@ -12,8 +12,6 @@ import (
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -24,6 +22,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/cloud"
+	"github.com/podidentity/podidentity/internal/kubescheme"
 )
 
 // RunConfig is what Run needs besides Options.
@@ -40,18 +39,6 @@ type RunConfig struct {
 	GracefulShutdown          time.Duration
 	Metrics                   *Metrics // nil: created and registered with controller-runtime's registry
 	OnController              func(*Controller)
-}
-
-// Scheme knows core and podidentity kinds.
-func Scheme() *k8sruntime.Scheme {
-	s := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := aadv1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
 }
 
 // ErrLeaseLost means this replica lost the lease; Run then starts over as a standby.
@@ -108,7 +95,7 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 	renew, retry := lease/2, lease/4
 	podSel := PodSelector()
 	mopts := manager.Options{
-		Scheme: Scheme(),
+		Scheme: kubescheme.New(),
 		Logger: rc.Log,
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),

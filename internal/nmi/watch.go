@@ -9,27 +9,20 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/kubescheme"
 )
 
 // Watch starts the informers NMI answers from and feeds store. It returns once every informer
 // has synced (or ctx ends). Pods are watched on this node only (field selector) and assignments
 // by their nodename label; identities, bindings and exceptions cluster-wide (they are few).
 func Watch(ctx context.Context, restCfg *rest.Config, cfg Config, store *Store, log logr.Logger) error {
-	scheme := runtime.NewScheme()
-	if err := clientgoscheme.AddToScheme(scheme); err != nil {
-		return err
-	}
-	if err := aadv1.AddToScheme(scheme); err != nil {
-		return err
-	}
+	scheme := kubescheme.New()
 	byObject := map[client.Object]cache.ByObject{
 		&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", cfg.NodeName), Transform: slimPod},
 	}

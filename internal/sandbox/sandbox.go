@@ -27,17 +27,14 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
-	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
-
 	"github.com/podidentity/podidentity/internal/emulator"
+	"github.com/podidentity/podidentity/internal/kubescheme"
 	"github.com/podidentity/podidentity/internal/probeclient"
 	"github.com/podidentity/podidentity/internal/sandbox/agent"
 	"github.com/podidentity/podidentity/internal/sandbox/controlplane"
@@ -580,12 +577,5 @@ func (s *Sandbox) close() error {
 
 // CRClient returns a controller-runtime client that knows core and podidentity kinds.
 func (s *Sandbox) CRClient() (client.Client, error) {
-	sch := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(sch); err != nil {
-		return nil, err
-	}
-	if err := aadv1.AddToScheme(sch); err != nil {
-		return nil, err
-	}
-	return client.New(s.Config, client.Options{Scheme: sch})
+	return client.New(s.Config, client.Options{Scheme: kubescheme.New()})
 }

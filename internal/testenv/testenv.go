@@ -20,12 +20,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/kubescheme"
 )
 
 // ErrNoBinaries means the control-plane binaries were not found.
@@ -85,16 +84,7 @@ func hasBinaries(dir string) error {
 }
 
 // NewScheme returns a scheme with the core Kubernetes kinds and the podidentity kinds.
-func NewScheme() *k8sruntime.Scheme {
-	s := k8sruntime.NewScheme()
-	if err := clientgoscheme.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	if err := aadv1.AddToScheme(s); err != nil {
-		panic(err)
-	}
-	return s
-}
+func NewScheme() *k8sruntime.Scheme { return kubescheme.New() }
 
 // Start starts etcd and kube-apiserver and installs the CRDs from config/crd.
 func Start() (*Env, error) {
