@@ -225,17 +225,24 @@ func TestServicePrincipals(t *testing.T) {
 	wantStatus(t, a, 403)
 }
 
-// A service principal is prefetched on Assigned too: its Secret is read, Azure AD asked once, and
-// the pod's first request is a cache hit.
-func TestServicePrincipalPrefetch(t *testing.T) {
-	h := newHarness(t, harnessOpts{principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}},
-		cfg: func(c *Config) { c.PrefetchResources = []string{armResource} }})
+// servicePrincipalPod creates a Secret "sp" with spAppID's secret, a type-1 identity "sp" using it,
+// a binding and a pod "app" bound to it.
+func (h *harness) servicePrincipalPod() (*aadv1.AzureIdentity, *corev1.Pod) {
+	t := h.t
 	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"clientSecret": []byte("s3cret")}})
 	sp := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Spec: aadv1.AzureIdentitySpec{
 		Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: h.emu.Config().TenantID, ClientPassword: corev1.SecretReference{Name: "sp"}}}
 	env.Create(t, sp)
 	h.binding("sp", "sp")
-	pod := h.pod("app", "sp", nil)
+	return sp, h.pod("app", "sp", nil)
+}
+
+// A service principal is prefetched on Assigned too: its Secret is read, Azure AD asked once, and
+// the pod's first request is a cache hit.
+func TestServicePrincipalPrefetch(t *testing.T) {
+	h := newHarness(t, harnessOpts{principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}},
+		cfg: func(c *Config) { c.PrefetchResources = []string{armResource} }})
+	sp, pod := h.servicePrincipalPod()
 	aadCalls := func() int64 {
 		return h.emu.Count(emulator.CounterKey{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken})
 	}
@@ -257,12 +264,7 @@ func TestServicePrincipalPrefetch(t *testing.T) {
 // does: deleting the identity stops the watch (NMI watches no Secret it does not need).
 func TestSecretWatchStopsWhenNoIdentityReferencesTheSecret(t *testing.T) {
 	h := newHarness(t, harnessOpts{principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}}})
-	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"clientSecret": []byte("s3cret")}})
-	sp := &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Spec: aadv1.AzureIdentitySpec{
-		Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: h.emu.Config().TenantID, ClientPassword: corev1.SecretReference{Name: "sp"}}}
-	env.Create(t, sp)
-	h.binding("sp", "sp")
-	pod := h.pod("app", "sp", nil)
+	sp, pod := h.servicePrincipalPod()
 	h.assign(pod, sp, aadv1.AssignedIDAssigned)
 	wantStatus(t, h.token(pod), 200)
 	if got := h.secrets.Watching(); !slices.Equal(got, []string{h.ns + "/sp"}) {
