@@ -88,12 +88,13 @@ func (c *Controller) process(ctx context.Context, key string) (time.Duration, er
 	var armErr, nowErr error
 	var armTook time.Duration
 	start := time.Now()
+	// apply, running beside the writes, changes r.known and r.failed: the writes use copies taken
+	// before it starts.
+	known0, failed0 := r.known, maps.Clone(r.failed)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		// r.known and r.failed change only in apply, which runs beside this: copies taken first.
-		known0, failed0 := r.known, maps.Clone(r.failed)
 		nowErr = r.writeNew(ctx, now, func(a *desired.AAI) aadv1.AssignedIdentityState { return r.stateWith(a, known0, failed0) })
 	}()
 	if !plan.Empty() {
