@@ -51,9 +51,6 @@ type Controller struct {
 	firstSeen map[desired.Key]time.Time
 	reported  map[string]bool
 	gates     map[string]time.Time
-
-	// idle is closed... signalled whenever the queue drains (tests and the benchmark wait on it).
-	passes atomic.Int64
 }
 
 type knownState struct {
@@ -145,7 +142,6 @@ func (c *Controller) Start(ctx context.Context) error {
 		}
 		c.m.CycleDuration.Observe(time.Since(start).Seconds())
 		c.m.CycleCount.Inc()
-		c.passes.Add(1)
 	}
 }
 
@@ -417,9 +413,6 @@ func (c *Controller) work(ctx context.Context) {
 		c.m.ResourcesQueued.Set(float64(c.queue.Len()))
 	}
 }
-
-// Idle reports whether nothing is queued or running (used by tests and benchmarks).
-func (c *Controller) Idle() bool { return c.queue.Len() == 0 }
 
 func (c *Controller) reportProblems(ps []desired.Problem) {
 	for _, p := range ps {

@@ -44,35 +44,36 @@ type ServicePrincipalSource struct {
 	ClientOptions azcore.ClientOptions
 }
 
-// secretKey is the namespace/name of the Secret a service-principal identity references (without
-// a namespace, the identity's own), or "" for other identities.
+// secretNamespace is the namespace of the Secret an identity references: its own unless the
+// reference names one.
+func secretNamespace(id *aadv1.AzureIdentity) string {
+	if ns := id.Spec.ClientPassword.Namespace; ns != "" {
+		return ns
+	}
+	return id.Namespace
+}
+
+// secretKey is the namespace/name of the Secret a service-principal identity references, or ""
+// for other identities.
 func secretKey(id *aadv1.AzureIdentity) string {
 	if id.Spec.Type == aadv1.UserAssignedMSI || id.Spec.ClientPassword.Name == "" {
 		return ""
 	}
-	ns := id.Spec.ClientPassword.Namespace
-	if ns == "" {
-		ns = id.Namespace
-	}
-	return ns + "/" + id.Spec.ClientPassword.Name
+	return secretNamespace(id) + "/" + id.Spec.ClientPassword.Name
 }
 
-// secretFor returns the Secret an identity references; without a namespace, the identity's own.
+// secretFor returns the Secret an identity references.
 func (s *ServicePrincipalSource) secretFor(ctx context.Context, id *aadv1.AzureIdentity) (*corev1.Secret, error) {
-	ref := id.Spec.ClientPassword
-	ns := ref.Namespace
-	if ns == "" {
-		ns = id.Namespace
-	}
-	if ref.Name == "" {
+	ns, name := secretNamespace(id), id.Spec.ClientPassword.Name
+	if name == "" {
 		return nil, fmt.Errorf("%w: AzureIdentity %s/%s (type %d) has no spec.clientPassword.name: name the Secret with its credentials", ErrCredential, id.Namespace, id.Name, id.Spec.Type)
 	}
-	sec, err := s.Secrets.GetSecret(ctx, ns, ref.Name)
+	sec, err := s.Secrets.GetSecret(ctx, ns, name)
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading Secret %s/%s of AzureIdentity %s/%s: %v", ErrUnavailable, ns, ref.Name, id.Namespace, id.Name, err)
+		return nil, fmt.Errorf("%w: reading Secret %s/%s of AzureIdentity %s/%s: %v", ErrUnavailable, ns, name, id.Namespace, id.Name, err)
 	}
 	if sec == nil {
-		return nil, fmt.Errorf("%w: Secret %s/%s referenced by AzureIdentity %s/%s does not exist: create it", ErrUnavailable, ns, ref.Name, id.Namespace, id.Name)
+		return nil, fmt.Errorf("%w: Secret %s/%s referenced by AzureIdentity %s/%s does not exist: create it", ErrUnavailable, ns, name, id.Namespace, id.Name)
 	}
 	return sec, nil
 }
