@@ -58,6 +58,9 @@ type cacheEntry struct {
 	refreshAt time.Time
 	lastUsed  atomic.Int64
 	fetch     fetchFunc
+	// refreshing is set while a background refresh of this entry runs: every hit past refreshAt
+	// would otherwise start one more goroutine.
+	refreshing atomic.Bool
 }
 
 // TokenCache caches tokens per (identity credentials, resource). It never decides who may have
@@ -97,7 +100,7 @@ func (c *TokenCache) Lookup(key string) *cacheEntry {
 	}
 	e.lastUsed.Store(now.UnixNano())
 	if now.After(e.refreshAt) {
-		c.refreshAsync(key, e.fetch)
+		c.refreshAsync(key, e)
 	}
 	c.metrics.cacheHits.Inc()
 	return e
@@ -131,11 +134,6 @@ func (c *TokenCache) fill(key string, fetch fetchFunc) (*cacheEntry, error) {
 	}
 	e := newEntry(toks, fetch)
 	e.lastUsed.Store(time.Now().UnixNano())
-	if toks[0].ObjectID != "" {
-		c.oidMu.Lock()
-		c.oids[credKeyOf(key)] = toks[0].ObjectID
-		c.oidMu.Unlock()
-	}
 	c.mu.Lock()
 	if _, ok := c.m[key]; !ok && len(c.m) >= c.opts.MaxEntries {
 		c.evictLRULocked()
@@ -147,11 +145,17 @@ func (c *TokenCache) fill(key string, fetch fetchFunc) (*cacheEntry, error) {
 	return e, nil
 }
 
-// refreshAsync refreshes one entry in the background (once per key at a time).
-func (c *TokenCache) refreshAsync(key string, fetch fetchFunc) {
+// refreshAsync refreshes one entry in the background, starting nothing while a refresh of the
+// entry runs. On success the entry is replaced; on failure the flag is cleared so that a later
+// hit tries again.
+func (c *TokenCache) refreshAsync(key string, e *cacheEntry) {
+	if !e.refreshing.CompareAndSwap(false, true) {
+		return
+	}
 	go func() {
+		defer e.refreshing.Store(false)
 		_, err, shared := c.sf.Do("refresh\x00"+key, func() (any, error) {
-			_, err := c.fill(key, fetch)
+			_, err := c.fill(key, e.fetch)
 			return nil, err
 		})
 		if shared {
@@ -194,7 +198,7 @@ func (c *TokenCache) Run(ctx context.Context) {
 func (c *TokenCache) sweep(now time.Time) {
 	c.mu.Lock()
 	var due []string
-	var fetches []fetchFunc
+	var entries []*cacheEntry
 	for k, e := range c.m {
 		idle := now.Sub(time.Unix(0, e.lastUsed.Load())) > c.opts.IdleTTL
 		switch {
@@ -202,15 +206,25 @@ func (c *TokenCache) sweep(now time.Time) {
 			delete(c.m, k)
 		case !idle && now.After(e.refreshAt):
 			due = append(due, k)
-			fetches = append(fetches, e.fetch)
+			entries = append(entries, e)
 		}
 	}
 	n := len(c.m)
 	c.mu.Unlock()
 	c.metrics.cacheEntries.Set(float64(n))
 	for i, k := range due {
-		c.refreshAsync(k, fetches[i])
+		c.refreshAsync(k, entries[i])
 	}
+}
+
+// learnObjectID records the principal object ID a token revealed for an identity's static
+// credentials key. Bounded: past the cap, new keys are not learned (object_id then fails fast).
+func (c *TokenCache) learnObjectID(credKey, oid string) {
+	c.oidMu.Lock()
+	if _, ok := c.oids[credKey]; ok || len(c.oids) < c.opts.MaxEntries {
+		c.oids[credKey] = oid
+	}
+	c.oidMu.Unlock()
 }
 
 // objectID returns the principal object ID learned for a credentials key, if any.
@@ -229,15 +243,6 @@ func (c *TokenCache) Len() int {
 
 // cacheKey joins the credentials key and the resource.
 func cacheKey(credKey, resource string) string { return credKey + "\x00" + resource }
-
-func credKeyOf(key string) string {
-	for i := 0; i < len(key); i++ {
-		if key[i] == 0 {
-			return key[:i]
-		}
-	}
-	return key
-}
 
 func newEntry(toks []Token, fetch fetchFunc) *cacheEntry {
 	e := &cacheEntry{tokens: toks, fetch: fetch, expiresOn: toks[0].ExpiresOn}

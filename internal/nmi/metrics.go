@@ -22,6 +22,8 @@ type Metrics struct {
 	cacheEntries   prometheus.Gauge
 	prefetches     *prometheus.CounterVec
 	rateLimited    prometheus.Counter
+	// proxyRefused counts requests the IMDS proxy refused, by reason (a bounded set).
+	proxyRefused *prometheus.CounterVec
 
 	// statusText avoids formatting the status code on every request.
 	statusText map[int]string
@@ -52,6 +54,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Token prefetches after an assignment, by result."}, []string{"result"}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "nmi_rate_limited_total",
 			Help: "Token requests refused with 429 by the per-pod rate limit."}),
+		proxyRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "nmi_imds_proxy_refused_total",
+			Help: "Requests NMI's IMDS proxy refused, by reason."}, []string{"reason"}),
 		statusText: map[int]string{},
 	}
 	for _, c := range []int{200, 400, 403, 404, 405, 429, 500, 502, 503} {
@@ -60,6 +64,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.operations, m.imdsDuration, m.imdsErrors, m.kubeErrors, m.cacheHits, m.cacheMisses,
 			m.cacheRefreshes, m.cacheEntries, m.prefetches, m.rateLimited)
+		reg.MustRegister(m.proxyRefused)
 	}
 	return m
 }
