@@ -99,4 +99,55 @@ Refuse values that can no longer work, with the fix in the message.
 {{- if and .Values.rbac.secretNamespaces (not (include "podidentity.bool" .Values.rbac.allowAccessToSecrets)) -}}
 {{- fail "rbac.secretNamespaces is set but rbac.allowAccessToSecrets is false: enable allowAccessToSecrets, or empty secretNamespaces" -}}
 {{- end -}}
+{{- if and (has "*" .Values.rbac.secretNamespaces) (gt (len .Values.rbac.secretNamespaces) 1) -}}
+{{- fail (printf "rbac.secretNamespaces=%v: \"*\" (every namespace) cannot be combined with namespace names; use either [\"*\"] or the list of namespaces" .Values.rbac.secretNamespaces) -}}
+{{- end -}}
+{{- if and .Values.admissionPolicy.enabled (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "admissionPolicy.enabled=true needs Kubernetes 1.30 or later (ValidatingAdmissionPolicy v1), this cluster is %s: upgrade, or set admissionPolicy.enabled=false (NMI still refuses such identities when a pod asks for a token)" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Azure AD authority of the chart's cloud (adminsecret.cloud, public cloud by default), as NMI
+and the admission policy use it when an identity has no adEndpoint. Empty for a custom cloud
+(mic.customCloud or AzureStackCloud): its authority is in a file on the nodes, which the chart
+cannot read.
+*/}}
+{{- define "podidentity.adAuthority" -}}
+{{- $cloud := lower (toString (default "AzurePublicCloud" (.Values.adminsecret | default dict).cloud)) -}}
+{{- if not .Values.mic.customCloud.enabled -}}
+{{- get (dict "azurepubliccloud" "https://login.microsoftonline.com/" "azurechinacloud" "https://login.chinacloudapi.cn/" "azureusgovernmentcloud" "https://login.microsoftonline.us/") $cloud -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+nmi.allowedADEndpoints as lower-cased host[:port] entries joined by commas, the form NMI compares
+(scheme https, no path). An entry that is not https or has a path fails the render.
+*/}}
+{{- define "podidentity.allowedADHosts" -}}
+{{- $hosts := list -}}
+{{- range .Values.nmi.allowedADEndpoints -}}
+{{- $e := lower (trim (toString .)) -}}
+{{- if hasPrefix "http://" $e -}}
+{{- fail (printf "nmi.allowedADEndpoints entry %q: Azure AD endpoints must use https (NMI sends the service principal's secret there); write https://host/ or just the host" .) -}}
+{{- end -}}
+{{- $h := trimSuffix "/" (trimPrefix "https://" $e) -}}
+{{- if not (regexMatch "^[a-z0-9][-a-z0-9.]*(:[0-9]{1,5})?$" $h) -}}
+{{- fail (printf "nmi.allowedADEndpoints entry %q is not an Azure AD host: write https://host[:port]/ (no path, query or user) or host[:port]" .) -}}
+{{- end -}}
+{{- $hosts = append $hosts $h -}}
+{{- end -}}
+{{- join "," ($hosts | uniq) -}}
+{{- end -}}
+
+{{/* rbac.secretNamespaces: ["*"] asks for every namespace. */}}
+{{- define "podidentity.secretsClusterWide" -}}
+{{- if and (include "podidentity.bool" .Values.rbac.allowAccessToSecrets) (has "*" .Values.rbac.secretNamespaces) -}}true{{- end -}}
+{{- end -}}
+
+{{/* A list of strings (hosts, already restricted to [-a-z0-9.:]) as CEL list elements. */}}
+{{- define "podidentity.celStrings" -}}
+{{- $q := list -}}
+{{- range . }}{{ $q = append $q (squote .) }}{{ end -}}
+{{- join ", " $q -}}
 {{- end -}}
