@@ -118,11 +118,21 @@ type Update struct {
 	Current Identities
 }
 
+// ClientID is the client ID ARM reports for the (case-insensitive) identity ID: "" when the
+// identity is not assigned or ARM reported none (ok tells the two apart).
+func (i Identities) ClientID(id string) (clientID string, ok bool) {
+	clientID, ok = i.UserAssigned[strings.ToLower(id)]
+	return clientID, ok
+}
+
 // Compute reads and changes the identities of VMs and VM scale sets. Implementations wait for
 // long-running operations to finish before returning.
 type Compute interface {
 	Get(ctx context.Context, r Resource) (Identities, error)
-	Update(ctx context.Context, r Resource, u Update) error
+	// Update returns the identity block ARM reported when the change ended (the operation's
+	// final response, not an extra call). An identity ARM reported no client ID for is missing
+	// or "" in it.
+	Update(ctx context.Context, r Resource, u Update) (Identities, error)
 }
 
 // Error is a failed ARM call.

@@ -383,6 +383,9 @@ func (c *Controller) needsWork(gk string, s *snapshot) bool {
 	if k == nil {
 		return len(ids) > 0
 	}
+	if contradicted(ch.Keep, s.res[gk], k.ids) {
+		return true
+	}
 	for id := range ids {
 		if !k.ids.Has(id) {
 			return true

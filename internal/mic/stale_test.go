@@ -38,7 +38,7 @@ func TestRemovingTheLastIdentityNeverDropsOneSomeoneAddedSinceTheRead(t *testing
 	if err := w.e.AssignIdentity("vm", "theirs"); err != nil {
 		t.Fatal(err)
 	}
-	err = az.Update(ctx, vm, cloud.Update{Remove: []string{ours}, Current: read})
+	_, err = az.Update(ctx, vm, cloud.Update{Remove: []string{ours}, Current: read})
 	if !errors.Is(err, cloud.ErrStale) {
 		t.Fatalf("PATCH based on the stale read: err = %v, want ErrStale", err)
 	}
@@ -49,7 +49,7 @@ func TestRemovingTheLastIdentityNeverDropsOneSomeoneAddedSinceTheRead(t *testing
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := az.Update(ctx, vm, cloud.Update{Remove: []string{ours}, Current: fresh}); err != nil {
+	if _, err := az.Update(ctx, vm, cloud.Update{Remove: []string{ours}, Current: fresh}); err != nil {
 		t.Fatal(err)
 	}
 	got := identitiesOn(t, w, "vm")

@@ -295,9 +295,9 @@ func (r *groupRun) apply(ctx context.Context, plan desired.Plan) error {
 	}
 	for _, chunk := range desired.Chunk(plan, c.o.ChunkSize) {
 		for attempt := 0; len(chunk.Add)+len(chunk.Remove) > 0; attempt++ {
-			err := c.cloud.Update(ctx, r.res, cloud.Update{Add: chunk.Add, Remove: chunk.Remove, Current: r.known})
+			reported, err := c.cloud.Update(ctx, r.res, cloud.Update{Add: chunk.Add, Remove: chunk.Remove, Current: r.known})
 			if err == nil {
-				r.applied(ctx, chunk)
+				r.applied(ctx, chunk, reported)
 				break
 			}
 			var ce *cloud.Error
@@ -390,8 +390,9 @@ func (r *groupRun) markStale() {
 	r.c.mu.Unlock()
 }
 
-// applied records a successful PATCH in the known state and the ownership record.
-func (r *groupRun) applied(ctx context.Context, chunk desired.Plan) {
+// applied records a successful PATCH in the known state (with the client IDs ARM reported in
+// its response) and the ownership record.
+func (r *groupRun) applied(ctx context.Context, chunk desired.Plan, reported cloud.Identities) {
 	c := r.c
 	next := cloud.Identities{SystemAssigned: r.known.SystemAssigned, UserAssigned: make(map[string]string, len(r.known.UserAssigned)+len(chunk.Add))}
 	for k, v := range r.known.UserAssigned {
@@ -404,9 +405,14 @@ func (r *groupRun) applied(ctx context.Context, chunk desired.Plan) {
 		next.UserAssigned[id] = ""
 		c.q.release(r.key, id)
 	}
+	missing := takeReported(next, reported, chunk.Add)
+	if missing {
+		// Their AAIs stay Created until a read reports the client IDs: one read, shortly.
+		r.after(500 * time.Millisecond)
+	}
 	r.known = next
 	c.mu.Lock()
-	c.known[r.key] = &knownState{ids: next}
+	c.known[r.key] = &knownState{ids: next, stale: missing}
 	c.mu.Unlock()
 	if len(chunk.Remove) > 0 {
 		if err := c.own.change(ctx, r.res, nil, chunk.Remove); err != nil {
@@ -427,7 +433,7 @@ func (r *groupRun) stateWith(a *desired.AAI, known cloud.Identities, failed map[
 		return aadv1.AssignedIDAssigned
 	}
 	if r.key != desired.UnresolvedGroup && known.Has(a.IdentityID()) {
-		if _, bad := failed[a.IdentityID()]; !bad {
+		if _, bad := failed[a.IdentityID()]; !bad && checkClientID(a, r.res, known) == nil {
 			return aadv1.AssignedIDAssigned
 		}
 	}
@@ -499,9 +505,22 @@ func (r *groupRun) promote(ctx context.Context, ch desired.Changes, plan desired
 			g.Go(func() error { return r.setStatus(ctx, p.Want, cur, aadv1.AssignedIDAssigned) })
 			continue
 		}
+		if cur.Status.Status == aadv1.AssignedIDAssigned && want == aadv1.AssignedIDCreated && r.demote(p.Want) {
+			// Written Assigned by an earlier MIC (or before the check existed) for a clientID ARM
+			// contradicts: take it back, and warn below.
+			have := cur
+			g.Go(func() error { return r.setStatus(ctx, p.Want, have, aadv1.AssignedIDCreated) })
+			cur = cur.DeepCopy()
+			cur.Status.Status = aadv1.AssignedIDCreated
+		}
 		if want == aadv1.AssignedIDCreated && cur.Status.Status == aadv1.AssignedIDCreated {
 			id := p.Want.IdentityID()
 			why := r.failed[id]
+			if why == "" {
+				if ce := checkClientID(p.Want, r.res, r.known); ce != nil {
+					why = ce.Error()
+				}
+			}
 			if why == "" && r.key == desired.UnresolvedGroup {
 				why = fmt.Sprintf("node %s of this pod maps to no Azure VM or VMSS yet", p.Want.NodeName)
 			}

@@ -174,7 +174,16 @@ func (c *Client) Get(ctx context.Context, r cloud.Resource) (ids cloud.Identitie
 		return ids, &cloud.Error{Operation: op, Resource: r, StatusCode: http.StatusConflict, Code: "Deleting",
 			Message: "the resource is being deleted; identities are not changed on it"}
 	}
-	ids.UserAssigned = make(map[string]string, len(uai))
+	ids = identities(typ, uai)
+	if etag != nil {
+		ids.ETag = *etag
+	}
+	return ids, nil
+}
+
+// identities converts an identity block as ARM sent it; a missing client ID stays "".
+func identities(typ *armcompute.ResourceIdentityType, uai map[string]*armcompute.UserAssignedIdentitiesValue) cloud.Identities {
+	ids := cloud.Identities{UserAssigned: make(map[string]string, len(uai))}
 	for id, v := range uai {
 		client := ""
 		if v != nil && v.ClientID != nil {
@@ -183,10 +192,7 @@ func (c *Client) Get(ctx context.Context, r cloud.Resource) (ids cloud.Identitie
 		ids.UserAssigned[strings.ToLower(id)] = client
 	}
 	ids.SystemAssigned = typ != nil && strings.Contains(string(*typ), string(armcompute.ResourceIdentityTypeSystemAssigned))
-	if etag != nil {
-		ids.ETag = *etag
-	}
-	return ids, nil
+	return ids
 }
 
 // identityBlock builds the PATCH body: {} adds, null removes, kept identities are omitted, and
@@ -224,10 +230,12 @@ func identityBlock(u cloud.Update) (typ *armcompute.ResourceIdentityType, ids ma
 	return &t, m, ifMatch
 }
 
-// Update sends one PATCH with the identity changes and waits for its operation to end.
-func (c *Client) Update(ctx context.Context, r cloud.Resource, u cloud.Update) (err error) {
+// Update sends one PATCH with the identity changes, waits for its operation to end and returns
+// the identity block of the operation's final response (which the SDK's poller fetches anyway),
+// so that MIC learns the client IDs of the identities it added without another call.
+func (c *Client) Update(ctx context.Context, r cloud.Resource, u cloud.Update) (ids cloud.Identities, err error) {
 	if len(u.Add)+len(u.Remove) > cloud.MaxIdentitiesPerRequest {
-		return fmt.Errorf("update of %s with %d identities exceeds ARM's limit of %d per request; split it", r, len(u.Add)+len(u.Remove), cloud.MaxIdentitiesPerRequest)
+		return ids, fmt.Errorf("update of %s with %d identities exceeds ARM's limit of %d per request; split it", r, len(u.Add)+len(u.Remove), cloud.MaxIdentitiesPerRequest)
 	}
 	op := cloud.OperationName(r, true)
 	start := time.Now()
@@ -236,32 +244,38 @@ func (c *Client) Update(ctx context.Context, r cloud.Resource, u cloud.Update) (
 	if r.Kind == cloud.KindVMSS {
 		cl, cerr := c.vmssClient(r.SubscriptionID)
 		if cerr != nil {
-			return cerr
+			return ids, cerr
 		}
 		p, berr := cl.BeginUpdate(ctx, r.ResourceGroup, r.Name, armcompute.VirtualMachineScaleSetUpdate{
 			Identity: &armcompute.VirtualMachineScaleSetIdentity{Type: typ, UserAssignedIdentities: m}},
 			&armcompute.VirtualMachineScaleSetsClientBeginUpdateOptions{IfMatch: ifMatch})
 		if berr != nil {
-			return wrap(op, r, berr)
+			return ids, wrap(op, r, berr)
 		}
-		_, err = wait(ctx, p, c.opts.PollInterval)
+		resp, werr := wait(ctx, p, c.opts.PollInterval)
+		if err = werr; err == nil && resp.Identity != nil {
+			ids = identities(resp.Identity.Type, resp.Identity.UserAssignedIdentities)
+		}
 	} else {
 		cl, cerr := c.vmClient(r.SubscriptionID)
 		if cerr != nil {
-			return cerr
+			return ids, cerr
 		}
 		p, berr := cl.BeginUpdate(ctx, r.ResourceGroup, r.Name, armcompute.VirtualMachineUpdate{
 			Identity: &armcompute.VirtualMachineIdentity{Type: typ, UserAssignedIdentities: m}},
 			&armcompute.VirtualMachinesClientBeginUpdateOptions{IfMatch: ifMatch})
 		if berr != nil {
-			return wrap(op, r, berr)
+			return ids, wrap(op, r, berr)
 		}
-		_, err = wait(ctx, p, c.opts.PollInterval)
+		resp, werr := wait(ctx, p, c.opts.PollInterval)
+		if err = werr; err == nil && resp.Identity != nil {
+			ids = identities(resp.Identity.Type, resp.Identity.UserAssignedIdentities)
+		}
 	}
 	if err != nil {
-		return wrap(op, r, err)
+		return cloud.Identities{}, wrap(op, r, err)
 	}
-	return nil
+	return ids, nil
 }
 
 // wait polls until the operation ends, honouring Retry-After on polls, with our own interval
@@ -388,6 +402,6 @@ func (r *Reloading) Get(ctx context.Context, res cloud.Resource) (cloud.Identiti
 }
 
 // Update implements cloud.Compute.
-func (r *Reloading) Update(ctx context.Context, res cloud.Resource, u cloud.Update) error {
+func (r *Reloading) Update(ctx context.Context, res cloud.Resource, u cloud.Update) (cloud.Identities, error) {
 	return r.get().Update(ctx, res, u)
 }

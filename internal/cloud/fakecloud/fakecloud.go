@@ -18,11 +18,14 @@ type Fake struct {
 	Gets, Updates map[string]int
 	// Fail, when set, is consulted before every call; a non-nil error fails the call.
 	Fail func(op string, r cloud.Resource, u *cloud.Update) error
+	// ClientIDs maps lower-cased identity IDs to the client ID reads and updates report for
+	// them, as ARM does; identities not in it are reported with "" (ARM said nothing).
+	ClientIDs map[string]string
 }
 
 // New returns a fake with no resources; Get of an unknown resource creates it empty.
 func New() *Fake {
-	return &Fake{resources: map[string]*cloud.Identities{}, Gets: map[string]int{}, Updates: map[string]int{}}
+	return &Fake{resources: map[string]*cloud.Identities{}, Gets: map[string]int{}, Updates: map[string]int{}, ClientIDs: map[string]string{}}
 }
 
 func (f *Fake) res(r cloud.Resource) *cloud.Identities {
@@ -40,7 +43,7 @@ func (f *Fake) Set(r cloud.Resource, ids ...string) {
 	x := f.res(r)
 	x.UserAssigned = map[string]string{}
 	for _, id := range ids {
-		x.UserAssigned[strings.ToLower(id)] = ""
+		x.UserAssigned[strings.ToLower(id)] = f.ClientIDs[strings.ToLower(id)]
 	}
 }
 
@@ -65,19 +68,23 @@ func (f *Fake) Get(_ context.Context, r cloud.Resource) (cloud.Identities, error
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.Gets[r.Key()]++
+	return f.copyOf(r), nil
+}
+
+func (f *Fake) copyOf(r cloud.Resource) cloud.Identities {
 	x := f.res(r)
 	cp := cloud.Identities{SystemAssigned: x.SystemAssigned, UserAssigned: map[string]string{}}
 	for k, v := range x.UserAssigned {
 		cp.UserAssigned[k] = v
 	}
-	return cp, nil
+	return cp
 }
 
 // Update implements cloud.Compute.
-func (f *Fake) Update(_ context.Context, r cloud.Resource, u cloud.Update) error {
+func (f *Fake) Update(_ context.Context, r cloud.Resource, u cloud.Update) (cloud.Identities, error) {
 	if f.Fail != nil {
 		if err := f.Fail("update", r, &u); err != nil {
-			return err
+			return cloud.Identities{}, err
 		}
 	}
 	f.mu.Lock()
@@ -88,7 +95,7 @@ func (f *Fake) Update(_ context.Context, r cloud.Resource, u cloud.Update) error
 		delete(x.UserAssigned, strings.ToLower(id))
 	}
 	for _, id := range u.Add {
-		x.UserAssigned[strings.ToLower(id)] = ""
+		x.UserAssigned[strings.ToLower(id)] = f.ClientIDs[strings.ToLower(id)]
 	}
-	return nil
+	return f.copyOf(r), nil
 }
