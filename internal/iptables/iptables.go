@@ -1,11 +1,12 @@
 // Package iptables installs and maintains NMI's redirect of pod traffic for the Instance Metadata
-// Service: nat chain aad-metadata, jumped to from PREROUTING, DNAT'ing TCP to the metadata
-// address to NMI's listener. The rules are exactly upstream's, so an upgrade in place or a
-// rollback finds what it expects.
+// Service: nat chain aad-metadata, jumped to first from PREROUTING, DNAT'ing TCP to the metadata
+// address to NMI's listener. Those rules are exactly upstream's, so an upgrade in place or a
+// rollback finds what it expects. A filter chain of NMI's own (aad-metadata-localnet, first in
+// INPUT) guards the route_localnet the redirect needs. The rules outlive NMI's restarts and are
+// removed only on uninstall (uninstall.go) or by `nmi --cleanup-iptables`.
 package iptables
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -14,10 +15,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	goipt "github.com/coreos/go-iptables/iptables"
-	"github.com/go-logr/logr"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -103,63 +102,132 @@ func (r Rules) Validate() error {
 }
 
 // Ensure makes the chain and the jump exactly as expected. It reports whether it changed
-// anything. The chain is flushed and rewritten when its rules differ in any way; the jump is
-// inserted at position 1 when missing (an existing jump is left where it is).
+// anything. The chain is flushed and rewritten when its rules differ in any way; the jump is kept
+// the first rule of PREROUTING (a rule inserted before it, say an ACCEPT, would let pod traffic
+// reach IMDS).
 func Ensure(ipt Runner, r Rules) (changed bool, err error) {
-	ok, err := ipt.ChainExists(table, Chain)
+	changed, err = ensureChain(ipt, table, Chain, r.Expected(), [][]string{r.dnatSpec(), {"-j", "RETURN"}})
 	if err != nil {
-		return false, fmt.Errorf("checking chain %s: %w", Chain, err)
+		return changed, err
 	}
-	if !ok {
-		if err := ipt.NewChain(table, Chain); err != nil {
-			return false, fmt.Errorf("creating chain %s: %w", Chain, err)
-		}
-		changed = true
-	}
-	got, err := ipt.List(table, Chain)
-	if err != nil {
-		return changed, fmt.Errorf("listing chain %s: %w", Chain, err)
-	}
-	if !slices.Equal(got, r.Expected()) {
-		if err := ipt.ClearChain(table, Chain); err != nil {
-			return changed, fmt.Errorf("flushing chain %s: %w", Chain, err)
-		}
-		if err := ipt.Append(table, Chain, r.dnatSpec()...); err != nil {
-			return true, fmt.Errorf("adding the DNAT rule to %s: %w", Chain, err)
-		}
-		if err := ipt.Append(table, Chain, "-j", "RETURN"); err != nil {
-			return true, fmt.Errorf("adding the RETURN rule to %s: %w", Chain, err)
-		}
-		changed = true
-	}
-	ok, err = ipt.Exists(table, PreRouting, "-j", Chain)
-	if err != nil {
-		return changed, fmt.Errorf("checking the %s jump to %s: %w", PreRouting, Chain, err)
-	}
-	if !ok {
-		if err := ipt.Insert(table, PreRouting, 1, "-j", Chain); err != nil {
-			return changed, fmt.Errorf("inserting the %s jump to %s: %w", PreRouting, Chain, err)
-		}
-		changed = true
-	}
-	return changed, nil
+	moved, err := ensureJumpFirst(ipt, table, PreRouting, Chain)
+	return changed || moved, err
 }
 
-// Remove deletes the jump and the chain (on shutdown).
+// ensureChain creates chain when missing and rewrites it when its rules differ from expected
+// (as `iptables -S chain` prints them).
+func ensureChain(ipt Runner, table, chain string, expected []string, specs [][]string) (changed bool, err error) {
+	ok, err := ipt.ChainExists(table, chain)
+	if err != nil {
+		return false, fmt.Errorf("checking chain %s/%s: %w", table, chain, err)
+	}
+	if !ok {
+		if err := ipt.NewChain(table, chain); err != nil {
+			return false, fmt.Errorf("creating chain %s/%s: %w", table, chain, err)
+		}
+		changed = true
+	}
+	got, err := ipt.List(table, chain)
+	if err != nil {
+		return changed, fmt.Errorf("listing chain %s/%s: %w", table, chain, err)
+	}
+	if slices.Equal(got, expected) {
+		return changed, nil
+	}
+	if err := ipt.ClearChain(table, chain); err != nil {
+		return changed, fmt.Errorf("flushing chain %s/%s: %w", table, chain, err)
+	}
+	for _, spec := range specs {
+		if err := ipt.Append(table, chain, spec...); err != nil {
+			return true, fmt.Errorf("adding %q to %s/%s: %w", strings.Join(spec, " "), table, chain, err)
+		}
+	}
+	return true, nil
+}
+
+// movingComment marks the stand-in jump used while the real one is moved to the top.
+const movingComment = "podidentity: moving the jump to the top"
+
+// ensureJumpFirst makes `-j chain` the first rule of from. A jump found further down is moved
+// without a moment in which no jump exists: a stand-in jump (same target, with a comment, so it
+// is a different rule spec) goes in first, then the old jump is deleted by spec, the real one
+// inserted at 1 and the stand-in deleted. Only rules of NMI's own are ever deleted, by spec,
+// so rules other agents add meanwhile are never touched.
+func ensureJumpFirst(ipt Runner, table, from, chain string) (changed bool, err error) {
+	jump := []string{"-j", chain}
+	rules, err := ipt.List(table, from)
+	if err != nil {
+		return false, fmt.Errorf("listing %s/%s: %w", table, from, err)
+	}
+	// rules[0] is the policy line (-P) of a built-in chain.
+	first := len(rules) > 1 && rules[1] == "-A "+from+" -j "+chain
+	if first {
+		return false, nil
+	}
+	present := slices.Contains(rules, "-A "+from+" -j "+chain)
+	if !present {
+		if err := ipt.Insert(table, from, 1, jump...); err != nil {
+			return false, fmt.Errorf("inserting the %s jump to %s: %w", from, chain, err)
+		}
+		return true, nil
+	}
+	standIn := []string{"-m", "comment", "--comment", movingComment, "-j", chain}
+	if err := ipt.Insert(table, from, 1, standIn...); err != nil {
+		return false, fmt.Errorf("inserting a stand-in %s jump to %s: %w", from, chain, err)
+	}
+	for {
+		ok, err := ipt.Exists(table, from, jump...)
+		if err != nil {
+			return true, fmt.Errorf("checking the %s jump to %s: %w", from, chain, err)
+		}
+		if !ok {
+			break
+		}
+		if err := ipt.DeleteIfExists(table, from, jump...); err != nil {
+			return true, fmt.Errorf("deleting the misplaced %s jump to %s: %w", from, chain, err)
+		}
+	}
+	if err := ipt.Insert(table, from, 1, jump...); err != nil {
+		return true, fmt.Errorf("inserting the %s jump to %s: %w", from, chain, err)
+	}
+	if err := ipt.DeleteIfExists(table, from, standIn...); err != nil {
+		return true, fmt.Errorf("deleting the stand-in %s jump to %s: %w", from, chain, err)
+	}
+	return true, nil
+}
+
+// Remove deletes NMI's rules: the nat chain and its jump, and the localnet guard (filter chain
+// and its jump). Used on uninstall and by --cleanup-iptables, never on a plain restart.
 func Remove(ipt Runner) error {
-	ok, err := ipt.ChainExists(table, Chain)
+	return errors.Join(removeChain(ipt, table, PreRouting, Chain), removeChain(ipt, filterTable, Input, GuardChain))
+}
+
+// removeChain deletes every jump from `from` to chain (duplicates and a stand-in left by an
+// interrupted move included), then the chain.
+func removeChain(ipt Runner, table, from, chain string) error {
+	ok, err := ipt.ChainExists(table, chain)
 	if err != nil || !ok {
 		// No chain means no jump either: iptables refuses jumps to missing chains.
 		return err
 	}
-	var errs []error
-	if err := ipt.DeleteIfExists(table, PreRouting, "-j", Chain); err != nil {
-		errs = append(errs, fmt.Errorf("deleting the %s jump: %w", PreRouting, err))
+	for _, jump := range [][]string{{"-j", chain}, {"-m", "comment", "--comment", movingComment, "-j", chain}} {
+		for {
+			ok, err := ipt.Exists(table, from, jump...)
+			if err != nil {
+				return fmt.Errorf("checking the %s jump to %s: %w", from, chain, err)
+			}
+			if !ok {
+				break
+			}
+			if err := ipt.DeleteIfExists(table, from, jump...); err != nil {
+				return fmt.Errorf("deleting the %s jump to %s: %w", from, chain, err)
+			}
+		}
 	}
-	if err := ipt.ClearAndDeleteChain(table, Chain); err != nil {
-		errs = append(errs, fmt.Errorf("deleting chain %s: %w", Chain, err))
+	if err := ipt.ClearAndDeleteChain(table, chain); err != nil {
+		return fmt.Errorf("deleting chain %s/%s: %w", table, chain, err)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Sysctl reads and writes kernel parameters by name (e.g. net/ipv4/conf/all/route_localnet).
@@ -234,69 +302,4 @@ func DeleteConntrack(h *netlink.Handle, r Rules) (uint, error) {
 		return n, fmt.Errorf("deleting conntrack entries for tcp %s:%d: %w", r.MetadataIP, r.MetadataPort, err)
 	}
 	return n, nil
-}
-
-// Keeper re-asserts the rules periodically and removes them on shutdown.
-type Keeper struct {
-	IPT      Runner
-	Rules    Rules
-	Sysctl   Sysctl
-	Interval time.Duration
-	// Conntrack, when set, deletes conntrack entries after the first install.
-	Conntrack func() (uint, error)
-	Log       logr.Logger
-}
-
-// Run installs the rules, calls ready once they are in place (and conntrack is cleaned), then
-// repairs them every Interval until ctx ends; then it removes them. An error is returned when
-// the rules cannot be installed: NMI must not serve without them (pods would reach IMDS).
-func (k *Keeper) Run(ctx context.Context, ready func()) error {
-	if err := k.Rules.Validate(); err != nil {
-		return err
-	}
-	if k.Sysctl != nil {
-		changed, err := EnsureRouteLocalnet(k.Sysctl, k.Rules)
-		if err != nil {
-			return err
-		}
-		if changed {
-			k.Log.Info("turned on route_localnet so that pod traffic can be DNAT'ed to NMI on loopback", "sysctl", routeLocalnet, "target", k.Rules.target())
-		}
-	}
-	if _, err := Ensure(k.IPT, k.Rules); err != nil {
-		return err
-	}
-	k.Log.Info("iptables redirect installed", "chain", Chain, "metadata", net.JoinHostPort(k.Rules.MetadataIP, strconv.Itoa(k.Rules.MetadataPort)), "target", k.Rules.target())
-	if k.Conntrack != nil {
-		n, err := k.Conntrack()
-		if err != nil {
-			return err
-		}
-		k.Log.Info("deleted conntrack entries to the metadata address", "count", n)
-	}
-	ready()
-	interval := k.Interval
-	if interval <= 0 {
-		interval = time.Minute
-	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			if err := Remove(k.IPT); err != nil {
-				return fmt.Errorf("removing the redirect on shutdown: %w", err)
-			}
-			k.Log.Info("iptables redirect removed")
-			return nil
-		case <-t.C:
-			changed, err := Ensure(k.IPT, k.Rules)
-			if err != nil {
-				return err
-			}
-			if changed {
-				k.Log.Info("iptables redirect was changed by someone else and has been repaired", "chain", Chain)
-			}
-		}
-	}
 }

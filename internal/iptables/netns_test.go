@@ -57,6 +57,23 @@ func newNetns(t *testing.T, role string) string {
 	return name
 }
 
+// podPair makes a "node" and a "pod" namespace joined by a veth: the node is 10.231.<subnet>.1,
+// the pod 10.231.<subnet>.2 with its default route through the node.
+func podPair(t *testing.T, subnet int) (node, pod, podIP string) {
+	t.Helper()
+	node, pod = newNetns(t, "node"), newNetns(t, "pod")
+	n := nsSeq.Add(1)
+	vn, vp := fmt.Sprintf("nv%d", n), fmt.Sprintf("pv%d", n)
+	nodeIP, podIP := fmt.Sprintf("10.231.%d.1", subnet), fmt.Sprintf("10.231.%d.2", subnet)
+	sh(t, "ip", "link", "add", vn, "netns", node, "type", "veth", "peer", "name", vp, "netns", pod)
+	sh(t, "ip", "netns", "exec", node, "ip", "addr", "add", nodeIP+"/24", "dev", vn)
+	sh(t, "ip", "netns", "exec", node, "ip", "link", "set", vn, "up")
+	sh(t, "ip", "netns", "exec", pod, "ip", "addr", "add", podIP+"/24", "dev", vp)
+	sh(t, "ip", "netns", "exec", pod, "ip", "link", "set", vp, "up")
+	sh(t, "ip", "netns", "exec", pod, "ip", "route", "add", "default", "via", nodeIP)
+	return node, pod, podIP
+}
+
 // nsIPTables runs iptables inside the namespace through a wrapper script.
 func nsIPTables(t *testing.T, ns string) Runner {
 	t.Helper()
@@ -116,6 +133,12 @@ func rules() Rules {
 	return Rules{MetadataIP: "169.254.169.254", MetadataPort: 80, TargetIP: "127.0.0.1", TargetPort: 2579}
 }
 
+// dump is `iptables -t table -S chain` inside ns, one rule a line.
+func dump(t *testing.T, ns, table, chain string) []string {
+	out := sh(t, "ip", "netns", "exec", ns, "iptables", "-t", table, "-S", chain)
+	return strings.Split(strings.TrimSpace(out), "\n")
+}
+
 func chainDump(t *testing.T, ns string) []string {
 	out := sh(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-S", Chain)
 	return strings.Split(strings.TrimSpace(out), "\n")
@@ -152,6 +175,39 @@ func TestEnsureAndRemove(t *testing.T) {
 	if got := chainDump(t, ns); !slices.Equal(got, r.Expected()) {
 		t.Fatalf("not repaired: %q", got)
 	}
+	// A rule inserted before the jump (an ACCEPT would let pods reach IMDS) is not a reason to
+	// leave the jump second: it moves back to the top, once, and the other rule stays.
+	sh(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-I", "PREROUTING", "1", "-p", "tcp", "-j", "ACCEPT")
+	if changed, err := Ensure(ipt, r); err != nil || !changed {
+		t.Fatalf("Ensure with a rule before the jump: changed=%v err=%v", changed, err)
+	}
+	want := []string{"-P PREROUTING ACCEPT", "-A PREROUTING -j aad-metadata", "-A PREROUTING -p tcp -j ACCEPT", "-A PREROUTING -p udp -j RETURN"}
+	if got := dump(t, ns, "nat", "PREROUTING"); !slices.Equal(got, want) {
+		t.Fatalf("PREROUTING after the move:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	// The localnet guard: exact rule, first in INPUT, moved back there too.
+	sh(t, "ip", "netns", "exec", ns, "iptables", "-A", "INPUT", "-p", "udp", "-j", "ACCEPT")
+	if changed, err := EnsureGuard(ipt); err != nil || !changed {
+		t.Fatalf("first EnsureGuard: changed=%v err=%v", changed, err)
+	}
+	if got := dump(t, ns, "filter", GuardChain); !slices.Equal(got, ExpectedGuard()) {
+		t.Fatalf("guard chain:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(ExpectedGuard(), "\n"))
+	}
+	if want := "-A " + GuardChain + " ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"; ExpectedGuard()[1] != want {
+		t.Errorf("guard rule %q differs from kube-proxy's CVE-2020-8558 rule %q", ExpectedGuard()[1], want)
+	}
+	sh(t, "ip", "netns", "exec", ns, "iptables", "-I", "INPUT", "1", "-j", "ACCEPT")
+	if changed, err := EnsureGuard(ipt); err != nil || !changed {
+		t.Fatalf("EnsureGuard with an ACCEPT before the jump: changed=%v err=%v", changed, err)
+	}
+	want = []string{"-P INPUT ACCEPT", "-A INPUT -j " + GuardChain, "-A INPUT -j ACCEPT", "-A INPUT -p udp -j ACCEPT"}
+	if got := dump(t, ns, "filter", "INPUT"); !slices.Equal(got, want) {
+		t.Fatalf("INPUT after the move:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if changed, err := EnsureGuard(ipt); err != nil || changed {
+		t.Fatalf("second EnsureGuard changed=%v err=%v, want no change", changed, err)
+	}
 	// 0.0.0.0 listener: DNAT still to loopback.
 	if got := (Rules{MetadataIP: "169.254.169.254", MetadataPort: 80, TargetIP: "0.0.0.0", TargetPort: 2579}).Expected(); got[1] != r.Expected()[1] {
 		t.Errorf("0.0.0.0 target: %q", got[1])
@@ -165,6 +221,9 @@ func TestEnsureAndRemove(t *testing.T) {
 	if strings.Contains(sh(t, "ip", "netns", "exec", ns, "iptables", "-t", "nat", "-S", "PREROUTING"), Chain) {
 		t.Fatal("jump still exists after Remove")
 	}
+	if out := sh(t, "ip", "netns", "exec", ns, "iptables", "-S"); strings.Contains(out, GuardChain) {
+		t.Fatalf("guard left after Remove:\n%s", out)
+	}
 	if err := Remove(ipt); err != nil {
 		t.Fatalf("second Remove: %v", err)
 	}
@@ -172,19 +231,12 @@ func TestEnsureAndRemove(t *testing.T) {
 
 // A pod namespace behind a veth calls 169.254.169.254: before the redirect the emulator's IMDS in
 // the node namespace answers; after it, NMI's listener does (seeing the pod's address); an old
-// connection's conntrack entry is deleted so it cannot keep reaching IMDS.
-func TestRedirectFromPodNamespace(t *testing.T) {
+// connection's conntrack entry is deleted so it cannot keep reaching IMDS. When NMI stops the
+// redirect stays (the pod's calls fail instead of reaching IMDS) unless it is an uninstall.
+func TestRedirectKeptOnStopRemovedOnUninstall(t *testing.T) {
 	need(t)
-	node, pod := newNetns(t, "node"), newNetns(t, "pod")
-	n := nsSeq.Add(1)
-	vn, vp := fmt.Sprintf("nv%d", n), fmt.Sprintf("pv%d", n)
-	sh(t, "ip", "link", "add", vn, "netns", node, "type", "veth", "peer", "name", vp, "netns", pod)
-	sh(t, "ip", "netns", "exec", node, "ip", "addr", "add", "10.231.0.1/24", "dev", vn)
-	sh(t, "ip", "netns", "exec", node, "ip", "link", "set", vn, "up")
+	node, pod, _ := podPair(t, 0)
 	sh(t, "ip", "netns", "exec", node, "ip", "addr", "add", "169.254.169.254/32", "dev", "lo")
-	sh(t, "ip", "netns", "exec", pod, "ip", "addr", "add", "10.231.0.2/24", "dev", vp)
-	sh(t, "ip", "netns", "exec", pod, "ip", "link", "set", vp, "up")
-	sh(t, "ip", "netns", "exec", pod, "ip", "route", "add", "default", "via", "10.231.0.1")
 	// A stateful rule, as kube-proxy has, so that connections are tracked before NMI starts.
 	sh(t, "ip", "netns", "exec", node, "iptables", "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
 
@@ -279,16 +331,45 @@ func TestRedirectFromPodNamespace(t *testing.T) {
 	if body := get(); !strings.HasPrefix(body, "nmi saw 10.231.0.2:") {
 		t.Fatalf("after the redirect the pod should reach NMI from its own address: %s", body)
 	}
+	// NMI stops (SIGTERM of a rolling update, no uninstall): the rules stay, and with nothing
+	// listening on the DNAT target the pod's connection is refused instead of reaching IMDS.
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("keeper shutdown: %v", err)
 	}
-	if err := exec.Command("ip", "netns", "exec", node, "iptables", "-t", "nat", "-S", Chain).Run(); err == nil {
-		t.Fatal("chain left behind after shutdown")
+	if got := chainDump(t, node); !slices.Equal(got, r.Expected()) {
+		t.Fatalf("after a plain stop the redirect must stay; chain is %q", got)
+	}
+	_ = nmiSrv.Close()
+	podClient.CloseIdleConnections()
+	if body := get(); !strings.HasPrefix(body, "error: ") || strings.Contains(body, `"compute"`) {
+		t.Fatalf("with NMI away the pod must fail, not reach IMDS: %s", body)
+	}
+
+	// Uninstall: a keeper whose Uninstall answers remove takes both chains away on stop.
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	k2 := *k
+	k2.Uninstall = func(context.Context) (bool, string) { return true, "test: uninstall" }
+	ready2 := make(chan struct{})
+	go func() { done <- k2.Run(ctx2, func() { close(ready2) }) }()
+	select {
+	case <-ready2:
+	case err := <-done:
+		t.Fatalf("second keeper: %v", err)
+	}
+	cancel2()
+	if err := <-done; err != nil {
+		t.Fatalf("keeper shutdown on uninstall: %v", err)
+	}
+	for _, c := range [][]string{{"-t", "nat", "-S", Chain}, {"-t", "filter", "-S", GuardChain}} {
+		if err := exec.Command("ip", append([]string{"netns", "exec", node, "iptables"}, c...)...).Run(); err == nil {
+			t.Errorf("chain %s left behind after uninstall", c[3])
+		}
 	}
 	podClient.CloseIdleConnections()
 	if body := get(); !strings.Contains(body, `"compute"`) {
-		t.Fatalf("after shutdown the pod reaches IMDS again: %s", body)
+		t.Fatalf("after uninstall the pod reaches IMDS again: %s", body)
 	}
 }
 
