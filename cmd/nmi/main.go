@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,7 +27,6 @@ import (
 	"k8s.io/klog/v2"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
-	"github.com/podidentity/podidentity/internal/iptables"
 	"github.com/podidentity/podidentity/internal/logging"
 	"github.com/podidentity/podidentity/internal/nmi"
 	"github.com/podidentity/podidentity/internal/version"
@@ -70,6 +68,7 @@ type options struct {
 	shutdownGrace     time.Duration
 	// For benchmarks and tests on a developer machine only.
 	redirect         bool
+	cleanupIPTables  bool
 	auxListenAddress string
 }
 
@@ -97,7 +96,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.allowKubenet, "allow-network-plugin-kubenet", false, "run on kubenet nodes despite the ARP-spoofing risk")
 	fs.StringVar(&o.kubeletConfig, "kubelet-config", "/etc/default/kubelet", "kubelet defaults file read by the kubenet check")
 	fs.BoolVar(&o.setRetryAfterHeader, "set-retry-after-header", false, "answer 503 + Retry-After at once instead of waiting for an assignment")
-	fs.BoolVar(&o.enableConntrackDeletion, "enable-conntrack-deletion", false, "after installing the redirect, delete conntrack entries to the metadata address")
+	fs.BoolVar(&o.enableConntrackDeletion, "enable-conntrack-deletion", false, "accepted for compatibility: conntrack entries to the metadata address are always deleted after the redirect is installed or repaired")
 	fs.StringVar(&o.customUserAgent, "custom-user-agent", "", "text appended to NMI's User-Agent (podidentity/nmi/<version>)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text (klog) or json (one object per line)")
 	fs.Float64Var(&o.podRateLimit, "pod-rate-limit", 20, "token requests per second one pod may send that reach Azure (cache misses, passthrough); 0 = unlimited")
@@ -107,7 +106,8 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.cniConfDir, "cni-conf-dir", "/etc/cni/net.d", "CNI configuration directory read by the kubenet check")
 	fs.BoolVar(&o.redirect, "redirect", true, "install the iptables redirect of IMDS traffic to NMI; false is for benchmarks and tests only (NMI then never touches iptables, sysctls or conntrack, and pods reach it only when called directly)")
 	fs.StringVar(&o.auxListenAddress, "aux-listen-address", "", "address of the probe and Prometheus servers; empty listens on all interfaces (kubelet probes come to the node IP); 127.0.0.1 keeps them off the network (benchmarks, tests)")
-	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 2*time.Second, "how long to keep serving after the redirect is removed on SIGTERM")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 2*time.Second, "how long to keep serving after SIGTERM (/readyz answers 503 meanwhile); the iptables rules stay unless NMI's DaemonSet is being deleted")
+	fs.BoolVar(&o.cleanupIPTables, "cleanup-iptables", false, "remove NMI's iptables rules (nat chain aad-metadata, filter chain aad-metadata-localnet, their jumps) from this node and exit; for nodes left with them after an uninstall")
 }
 
 func (o *options) validate() error {
@@ -161,7 +161,18 @@ func main() {
 		os.Exit(2)
 	}
 	log := klog.Background().WithName("nmi")
-	if err := run(&o, log); err != nil {
+	if o.cleanupIPTables {
+		if err := cleanupIPTables(log.WithName("iptables")); err != nil {
+			log.Error(err, "nmi --cleanup-iptables failed")
+			klog.Flush()
+			os.Exit(1)
+		}
+		klog.Flush()
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, &o, log); err != nil {
 		log.Error(err, "nmi failed")
 		klog.Flush()
 		os.Exit(1)
@@ -169,7 +180,8 @@ func main() {
 	klog.Flush()
 }
 
-func run(o *options, log logr.Logger) error {
+// run serves until ctx ends (SIGTERM), then stops as described in lifecycle.go.
+func run(ctx context.Context, o *options, log logr.Logger) error {
 	if err := o.validate(); err != nil {
 		return err
 	}
@@ -186,12 +198,10 @@ func run(o *options, log logr.Logger) error {
 		if err != nil {
 			return err
 		}
-		if yes, why := nmi.DetectKubenet(facts); yes {
-			return fmt.Errorf("this node uses kubenet (%s): pods on a shared bridge can spoof each other's IPs and take their tokens; move to a CNI without a shared L2 bridge, or accept the risk with --allow-network-plugin-kubenet", why)
+		if err := nmi.CheckNetwork(facts); err != nil {
+			return err
 		}
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 
 	// KUBECONFIG env as upstream; in-cluster config otherwise.
 	restCfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), nil).ClientConfig()
@@ -204,12 +214,16 @@ func run(o *options, log logr.Logger) error {
 		return fmt.Errorf("creating the Kubernetes client: %w", err)
 	}
 
-	var synced, redirected atomic.Bool
+	// The probe and metrics servers outlive ctx: /readyz says 503 while NMI winds down.
+	var rdy readiness
+	auxCtx, auxStop := context.WithCancel(context.Background())
+	defer auxStop()
+	go func() { <-ctx.Done(); rdy.stopping.Store(true) }()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := nmi.NewMetrics(reg)
-	go serve(ctx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.probePort)), probes(&synced, &redirected))
-	go serve(ctx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.prometheusPort)), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	go serve(auxCtx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.probePort)), rdy.handler())
+	go serve(auxCtx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.prometheusPort)), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if o.enableProfile {
 		mux := http.NewServeMux()
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -220,7 +234,7 @@ func run(o *options, log logr.Logger) error {
 	if err := nmi.Watch(ctx, restCfg, cfg, store, log.WithName("watch")); err != nil {
 		return err
 	}
-	synced.Store(true)
+	rdy.synced.Store(true)
 	secrets := nmi.NewSecretWatcher(ctx, kc)
 	go secrets.RetainReferenced(ctx, store)
 	srv := nmi.NewServer(cfg, store, secrets, metrics, log.WithName("server"))
@@ -238,28 +252,20 @@ func run(o *options, log logr.Logger) error {
 		// Benchmarks and tests: no iptables, sysctl or conntrack change on the machine running
 		// NMI; "ready" then means the watches synced.
 		log.Info("--redirect=false: not installing the iptables redirect; only clients calling NMI's address directly are served")
-		redirected.Store(true)
+		rdy.redirected.Store(true)
 		select {
 		case err := <-serveErr:
 			return fmt.Errorf("serving: %w", err)
 		case <-ctx.Done():
 		}
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return hs.Shutdown(sctx)
+		return stopServing(hs, o.shutdownGrace)
 	}
-	ipt, err := iptables.New("")
+	keeper, err := newKeeper(ctx, o, kc, log.WithName("iptables"))
 	if err != nil {
 		return err
 	}
-	keeper := &iptables.Keeper{IPT: ipt, Sysctl: iptables.ProcSysctl{}, Log: log.WithName("iptables"),
-		Interval: time.Duration(o.iptUpdateIntervalSec) * time.Second,
-		Rules:    iptables.Rules{MetadataIP: o.metadataIP, MetadataPort: o.metadataPort, TargetIP: o.listenAddress, TargetPort: o.port}}
-	if o.enableConntrackDeletion {
-		keeper.Conntrack = func() (uint, error) { return iptables.DeleteConntrack(nil, keeper.Rules) }
-	}
 	iptErr := make(chan error, 1)
-	go func() { iptErr <- keeper.Run(ctx, func() { redirected.Store(true) }) }()
+	go func() { iptErr <- keeper.Run(ctx, func() { rdy.redirected.Store(true) }) }()
 
 	select {
 	case err := <-serveErr:
@@ -269,15 +275,10 @@ func run(o *options, log logr.Logger) error {
 			return err
 		}
 	}
-	// The redirect is gone: let in-flight requests finish, then stop.
-	time.Sleep(o.shutdownGrace)
-	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return hs.Shutdown(sctx)
+	// ctx ended and the keeper has decided (kept the rules, or removed them on uninstall).
+	return stopServing(hs, o.shutdownGrace)
 }
 
-// probes: /healthz is liveness (always 200, body as upstream); /readyz is 200 only when the
-// watches have synced and the redirect is installed.
 // tokenServer bounds what a slow or hostile pod can hold: headers must arrive within 5 s and stay
 // small, a request body within 10 s, and idle keep-alive connections are closed. Writes may follow
 // a wait for an assignment, so the write timeout covers the whole retry budget.
@@ -285,25 +286,6 @@ func tokenServer(h http.Handler, cfg nmi.Config) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
 		WriteTimeout: cfg.FindIdentityRetryInterval*time.Duration(cfg.RetryAttemptsForCreated+cfg.RetryAttemptsForAssigned) + 30*time.Second,
 		IdleTimeout:  2 * time.Minute, MaxHeaderBytes: 16 << 10}
-}
-
-func probes(synced, redirected *atomic.Bool) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if synced.Load() && redirected.Load() {
-			_, _ = w.Write([]byte("Active"))
-			return
-		}
-		_, _ = w.Write([]byte("Not Active"))
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !synced.Load() || !redirected.Load() {
-			http.Error(w, "not ready: watches synced="+strconv.FormatBool(synced.Load())+", redirect installed="+strconv.FormatBool(redirected.Load()), http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = w.Write([]byte("ok"))
-	})
-	return mux
 }
 
 func serve(ctx context.Context, log logr.Logger, addr string, h http.Handler) {

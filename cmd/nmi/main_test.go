@@ -1,10 +1,26 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/go-logr/logr/testr"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/podidentity/podidentity/internal/testenv"
 )
 
 // Every upstream NMI flag name parses.
@@ -77,4 +93,176 @@ func TestRedirectAndAuxListenFlags(t *testing.T) {
 	if err := o.validate(); err != nil || o.redirect {
 		t.Fatalf("redirect=%v err=%v, want false and no error", o.redirect, err)
 	}
+}
+
+// /healthz is liveness: always 200 (upstream's body). /readyz is 503 until the watches synced and
+// the redirect is installed, and 503 again once NMI is stopping.
+func TestProbes(t *testing.T) {
+	var r readiness
+	h := r.handler()
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return rec.Code, strings.TrimSpace(rec.Body.String())
+	}
+	check := func(state string, wantHealth string, wantReady int) {
+		t.Helper()
+		if code, body := get("/healthz"); code != 200 || body != wantHealth {
+			t.Errorf("%s: /healthz %d %q, want 200 %q", state, code, body, wantHealth)
+		}
+		if code, body := get("/readyz"); code != wantReady {
+			t.Errorf("%s: /readyz %d %q, want %d", state, code, body, wantReady)
+		}
+	}
+	check("starting", "Not Active", 503)
+	r.synced.Store(true)
+	check("watches synced, no redirect yet", "Not Active", 503)
+	r.redirected.Store(true)
+	check("serving", "Active", 200)
+	r.stopping.Store(true)
+	check("stopping", "Active", 503)
+	if _, body := get("/readyz"); !strings.Contains(body, "shutting down") {
+		t.Errorf("stopping: /readyz body %q does not say why", body)
+	}
+}
+
+// The whole NMI against a real apiserver (--redirect=false, so nothing on this machine changes):
+// /readyz becomes 200 once the watches synced, and on SIGTERM (ctx ends) answers 503 while NMI
+// keeps serving for --shutdown-grace, instead of vanishing with the process.
+func TestReadyzDuringShutdown(t *testing.T) {
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	t.Setenv("KUBECONFIG", writeKubeconfig(t, env.Config))
+	t.Setenv("POD_NAME", "")
+	dir := t.TempDir()
+	probe, metrics, port := freePort(t), freePort(t), freePort(t)
+	var o options
+	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	if err := fs.Parse([]string{"--node=n1", "--redirect=false", "--aux-listen-address=127.0.0.1",
+		"--http-probe-port=" + strconv.Itoa(probe), "--prometheus-port=" + strconv.Itoa(metrics), "--nmi-port=" + strconv.Itoa(port),
+		"--kubelet-config=" + filepath.Join(dir, "kubelet"), "--cni-conf-dir=" + dir, "--shutdown-grace=3s"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, &o, testr.New(t)) }()
+	readyz := func() (int, error) {
+		resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(probe) + "/readyz")
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	waitCode := func(want int, within time.Duration) {
+		t.Helper()
+		var code int
+		var err error
+		for end := time.Now().Add(within); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+			if code, err = readyz(); code == want {
+				return
+			}
+			select {
+			case err := <-done:
+				t.Fatalf("nmi returned early: %v", err)
+			default:
+			}
+		}
+		t.Fatalf("/readyz never answered %d within %s (last %d, %v)", want, within, code, err)
+	}
+	waitCode(200, time.Minute)
+	cancel()
+	waitCode(503, time.Second)
+	select {
+	case err := <-done:
+		t.Fatalf("nmi stopped before its shutdown grace: %v", err)
+	case <-time.After(time.Second):
+	}
+	if code, err := readyz(); code != 503 {
+		t.Errorf("during the grace /readyz is %d (%v), want 503", code, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("nmi: %v", err)
+	}
+}
+
+// --cleanup-iptables removes NMI's chains and jumps and exits. It runs this test binary as `nmi
+// --cleanup-iptables` inside a network namespace the test creates: the machine's own rules are
+// never touched.
+func TestCleanupIPTablesMode(t *testing.T) {
+	if os.Getenv("NMI_TEST_CLEANUP_CHILD") == "1" {
+		os.Args = []string{"nmi", "--cleanup-iptables"}
+		main()
+		os.Exit(0)
+	}
+	for _, bin := range []string{"ip", "iptables"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s not found: this test needs iproute2 and iptables (apt-get install iproute2 iptables)", bin)
+		}
+	}
+	ns := fmt.Sprintf("nmit-cleanup-%d", os.Getpid())
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", ns).Run() })
+	ipt := func(args ...string) (string, error) {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "iptables"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	for _, c := range [][]string{
+		{"-t", "nat", "-N", "aad-metadata"},
+		{"-t", "nat", "-A", "aad-metadata", "-j", "RETURN"},
+		{"-t", "nat", "-I", "PREROUTING", "1", "-j", "aad-metadata"},
+		{"-t", "nat", "-A", "PREROUTING", "-j", "aad-metadata"},
+		{"-N", "aad-metadata-localnet"},
+		{"-I", "INPUT", "1", "-j", "aad-metadata-localnet"},
+		{"-A", "INPUT", "-p", "udp", "-j", "ACCEPT"},
+	} {
+		if out, err := ipt(c...); err != nil {
+			t.Fatalf("iptables %v: %v: %s", c, err, out)
+		}
+	}
+	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestCleanupIPTablesMode$")
+	cmd.Env = append(os.Environ(), "NMI_TEST_CLEANUP_CHILD=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nmi --cleanup-iptables: %v: %s", err, out)
+	}
+	nat, _ := ipt("-t", "nat", "-S")
+	filter, _ := ipt("-S")
+	if strings.Contains(nat+filter, "aad-metadata") {
+		t.Errorf("rules left after --cleanup-iptables:\n%s%s", nat, filter)
+	}
+	if !strings.Contains(filter, "-A INPUT -p udp -j ACCEPT") {
+		t.Errorf("--cleanup-iptables removed a rule that is not NMI's:\n%s", filter)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// writeKubeconfig writes cfg (the test control plane's admin) as a kubeconfig file.
+func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
+	t.Helper()
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters["test"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthorityData: cfg.CAData}
+	kc.AuthInfos["test"] = &clientcmdapi.AuthInfo{ClientCertificateData: cfg.CertData, ClientKeyData: cfg.KeyData, Token: cfg.BearerToken}
+	kc.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
+	kc.CurrentContext = "test"
+	p := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, p); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
