@@ -65,6 +65,10 @@ type options struct {
 	prefetchResources []string
 	cacheMaxEntries   int
 	cniConfDir        string
+	// Token-path policy (issue 11).
+	micServiceAccount          string
+	allowCrossNamespaceSecrets bool
+	allowedADEndpoints         []string
 	shutdownGrace     time.Duration
 	// For benchmarks and tests on a developer machine only.
 	redirect         bool
@@ -83,6 +87,9 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.iptUpdateIntervalSec, "ipt-update-interval-sec", 60, "seconds between checks and repairs of the iptables redirect")
 	fs.BoolVar(&o.forceNamespaced, "forceNamespaced", false, "namespaced mode: identities serve only pods of their own namespace (or env FORCENAMESPACED=true)")
 	fs.StringVar(&o.micNamespace, "MICNamespace", "default", "namespace of MIC, whose pods get IMDS passthrough")
+	fs.StringVar(&o.micServiceAccount, "mic-service-account", "aad-pod-id-mic-service-account", "ServiceAccount of MIC's pods in --MICNamespace: only pods running as it get IMDS passthrough (empty: none)")
+	fs.BoolVar(&o.allowCrossNamespaceSecrets, "allow-cross-namespace-secrets", false, "let service-principal identities use a Secret in another namespace (spec.clientPassword.namespace); never for namespaced identities")
+	fs.StringSliceVar(&o.allowedADEndpoints, "allowed-ad-endpoints", nil, "Azure AD authorities (https URLs or hosts) an identity's spec.adEndpoint may name besides the cloud's own")
 	fs.IntVar(&o.probePort, "http-probe-port", 8080, "port of /healthz and /readyz")
 	fs.IntVar(&o.retryAttemptsForCreated, "retry-attempts-for-created", 16, "standard mode: intervals to wait for a pod's assignment to appear")
 	fs.IntVar(&o.retryAttemptsForAssigned, "retry-attempts-for-assigned", 4, "standard mode: further intervals to wait for it to become Assigned")
@@ -134,7 +141,8 @@ func (o *options) config() nmi.Config {
 	c := nmi.Config{
 		NodeName: o.node, MetadataIP: o.metadataIP, MetadataPort: o.metadataPort,
 		MetadataHeaderRequired: o.metadataHeaderRequired, BlockInstanceMetadata: o.blockInstanceMetadata,
-		OperationMode: o.operationMode, MICNamespace: o.micNamespace,
+		OperationMode: o.operationMode, MICNamespace: o.micNamespace, MICServiceAccount: o.micServiceAccount,
+		AllowCrossNamespaceSecrets: o.allowCrossNamespaceSecrets, AllowedADEndpoints: o.allowedADEndpoints,
 		ForceNamespaced:         o.forceNamespaced || strings.EqualFold(os.Getenv(aadv1.ForceNamespacedEnv), "true"),
 		RetryAttemptsForCreated: o.retryAttemptsForCreated, RetryAttemptsForAssigned: o.retryAttemptsForAssigned,
 		FindIdentityRetryInterval: time.Duration(o.findIdentityRetryInterval) * time.Second,
@@ -237,6 +245,7 @@ func run(ctx context.Context, o *options, log logr.Logger) error {
 	rdy.synced.Store(true)
 	secrets := nmi.NewSecretWatcher(ctx, kc)
 	go secrets.RetainReferenced(ctx, store)
+	cfg.Events = nmi.NewEventRecorder(ctx, kc, cfg.NodeName)
 	srv := nmi.NewServer(cfg, store, secrets, metrics, log.WithName("server"))
 	go srv.Run(ctx)
 

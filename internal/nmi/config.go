@@ -32,8 +32,16 @@ type Config struct {
 	OperationMode string
 	// ForceNamespaced restricts every identity to pods of its own namespace.
 	ForceNamespaced bool
-	// MICNamespace is where MIC runs; its pods get IMDS passthrough.
-	MICNamespace string
+	// MICNamespace and MICServiceAccount identify MIC's pods, which get IMDS passthrough: a pod
+	// in that namespace running as that ServiceAccount. Empty MICServiceAccount: no pod does.
+	MICNamespace      string
+	MICServiceAccount string
+	// AllowCrossNamespaceSecrets lets a service-principal identity use a Secret in another
+	// namespace (spec.clientPassword.namespace). Never honoured for namespaced identities.
+	AllowCrossNamespaceSecrets bool
+	// AllowedADEndpoints are Azure AD authorities an identity's spec.adEndpoint may name besides
+	// the configured cloud's (AuthorityHost): https URLs or host[:port].
+	AllowedADEndpoints []string
 	// RetryAttemptsForCreated × FindIdentityRetryInterval bounds the wait for an assignment to
 	// appear; (created + assigned) × interval the wait for it to become Assigned.
 	RetryAttemptsForCreated   int
@@ -64,6 +72,8 @@ type Config struct {
 	AuthorityHost string
 	// AADClientOptions are used for Azure AD calls (transport, e.g. a custom CA).
 	AADClientOptions azcore.ClientOptions
+	// Events receives Warning events about identities NMI refuses (nil: none are recorded).
+	Events EventSink
 }
 
 // SetDefaults fills zero values with upstream's defaults.
@@ -125,8 +135,19 @@ func (c *Config) Validate() error {
 	if c.PodRateLimit < 0 || c.PodRateBurst < 0 {
 		errs = append(errs, errors.New("the per-pod rate limit and burst must not be negative"))
 	}
+	if _, err := newAuthorities(c.authorityHost(), c.AllowedADEndpoints); err != nil {
+		errs = append(errs, err)
+	}
 	if c.PodRateLimit > 0 && c.PodRateBurst < 1 {
 		errs = append(errs, errors.New("a per-pod rate limit needs a burst of at least 1"))
 	}
 	return errors.Join(errs...)
+}
+
+// authorityHost is the Azure AD authority of the configured cloud.
+func (c *Config) authorityHost() string {
+	if c.AuthorityHost != "" {
+		return c.AuthorityHost
+	}
+	return DefaultAuthorityHost
 }

@@ -96,6 +96,10 @@ func statusOf(err error, retryAfterMode bool, retryAfter time.Duration) apiError
 		return apiError{http.StatusTooManyRequests, "too_many_requests", msg, ra}
 	case errors.Is(err, ErrCredential):
 		return apiError{http.StatusForbidden, "invalid_identity", msg, 0}
+	case errors.Is(err, ErrRefused):
+		return apiError{http.StatusForbidden, "identity_refused", msg, 0}
+	case errors.Is(err, ErrIdentityMismatch):
+		return apiError{http.StatusForbidden, "identity_mismatch", msg, 0}
 	case errors.As(err, &up):
 		switch {
 		case up.Status == http.StatusTooManyRequests:

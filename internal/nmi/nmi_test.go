@@ -292,10 +292,11 @@ func TestPodIPReuse(t *testing.T) {
 	env.SetPodStatus(t, old, corev1.PodRunning, ip)
 	h.waitStore("old running again", func(s *Store) bool { return s.podsByKey[h.ns+"/old"].Phase == corev1.PodRunning })
 	wantStatus(t, h.token(fresh), 503)
-	// A pending pod with the IP loses to the running one.
+	// A pending pod with the IP does not lose to the running one any more: the running pod's
+	// end may not be visible yet, so neither is served.
 	env.SetPodStatus(t, fresh, corev1.PodPending, ip)
 	h.waitStore("fresh pending", func(s *Store) bool { return s.podsByKey[h.ns+"/fresh"].Phase == corev1.PodPending })
-	wantStatus(t, h.token(old), 200)
+	wantStatus(t, h.token(old), 503)
 }
 
 // Exception pods and MIC's pods get IMDS passthrough.
@@ -317,17 +318,26 @@ func TestExceptions(t *testing.T) {
 	}
 	wantStatus(t, h.token(other, "client_id", info.ClientID), 403)
 
-	// MIC short-circuit: namespace = --MICNamespace and owner ReplicaSet named mic-*.
+	// MIC short-circuit: namespace = --MICNamespace and ServiceAccount = --mic-service-account.
 	h2 := newHarness(t, harnessOpts{identities: []string{"node-id"}})
-	h2.srv.cfg.MICNamespace = h2.ns
+	h2.srv.cfg.MICNamespace, h2.srv.cfg.MICServiceAccount = h2.ns, "podidentity-mic"
 	info2, _ := h2.emu.Identity("node-id")
 	_ = h2.emu.AssignIdentity(h2.vm, info2.ID)
-	mic := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: h2.ns, Name: "mic-abc-1",
-		OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "mic-abc", UID: "u1"}}},
-		Spec: corev1.PodSpec{NodeName: h2.node, Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
-	env.Create(t, mic)
-	env.SetPodStatus(t, mic, corev1.PodRunning, nextPodIP())
+	micPod := func(name, sa string) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: h2.ns, Name: name,
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "apps/v1", Kind: "ReplicaSet", Name: "mic-abc", UID: "u1"}}},
+			Spec: corev1.PodSpec{NodeName: h2.node, ServiceAccountName: sa, Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+		env.Create(t, p)
+		env.SetPodStatus(t, p, corev1.PodRunning, nextPodIP())
+		return p
+	}
+	mic := micPod("mic-abc-1", "podidentity-mic")
 	wantStatus(t, h2.token(mic, "client_id", info2.ClientID), 200)
+	// A pod that claims MIC's ReplicaSet in an ownerReference of its own (anyone who may create
+	// pods there can) but runs as another ServiceAccount gets no passthrough.
+	impostor := micPod("mic-abc-2", "")
+	h2.waitStore("impostor", func(s *Store) bool { return s.podsByKey[h2.ns+"/mic-abc-2"] != nil })
+	wantStatus(t, h2.token(impostor, "client_id", info2.ClientID), 403)
 }
 
 // Namespaced mode: a pod labelled with another namespace's selector gets nothing.

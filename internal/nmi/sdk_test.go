@@ -288,7 +288,7 @@ func TestSecretWatchStopsWhenNoIdentityReferencesTheSecret(t *testing.T) {
 // Success is TestAuxiliaryTenantsSuccess.
 func TestAuxiliaryTenantsRequested(t *testing.T) {
 	h := newHarness(t, harnessOpts{tenants: []string{auxTenant}, principals: []emulator.PrincipalConfig{{AppID: spAppID, Secrets: []string{"s3cret"}}}})
-	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"any-key": []byte("s3cret")}})
+	env.Create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Data: map[string][]byte{"clientSecret": []byte("s3cret")}})
 	env.Create(t, &aadv1.AzureIdentity{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "sp"}, Spec: aadv1.AzureIdentitySpec{
 		Type: aadv1.ServicePrincipal, ClientID: spAppID, TenantID: h.emu.Config().TenantID, AuxiliaryTenantIDs: []string{auxTenant},
 		ClientPassword: corev1.SecretReference{Name: "sp"}}})
@@ -325,8 +325,10 @@ func TestServicePrincipalCustomCloud(t *testing.T) {
 			}
 			writeFile(t, envFile, `{"name":"AzureStackCloud","resourceManagerEndpoint":"`+emu.ARMURL()+`/","activeDirectoryEndpoint":"`+
 				emu.AADURL()+`/","caBundle":"`+caFile+`"}`)
-			// Nothing from code: only what the file says.
+			// Nothing from code: only what the file says. The operator allows the bad identity's
+			// host, so that it fails by reaching nothing rather than by policy.
 			c.AuthorityHost, c.AADClientOptions = "", azcore.ClientOptions{}
+			c.AllowedADEndpoints = []string{"https://127.0.0.1:1"}
 			if err := c.LoadCloud(func(k string) string {
 				if k == "AZURE_ENVIRONMENT_FILEPATH" {
 					return envFile

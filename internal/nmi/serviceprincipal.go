@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -114,7 +113,7 @@ func (s *ServicePrincipalSource) Fetch(ctx context.Context, id *aadv1.AzureIdent
 	case aadv1.ServicePrincipal:
 		secret := clientSecretOf(sec)
 		if secret == "" {
-			return nil, fmt.Errorf("%w: Secret %s/%s of AzureIdentity %s/%s has no data: put the client secret under key clientSecret", ErrCredential, sec.Namespace, sec.Name, id.Namespace, id.Name)
+			return nil, fmt.Errorf("%w: Secret %s/%s of AzureIdentity %s/%s has no key clientSecret (other keys are never read): put the client secret under key clientSecret", ErrCredential, sec.Namespace, sec.Name, id.Namespace, id.Name)
 		}
 		cred, err = azidentity.NewClientSecretCredential(id.Spec.TenantID, id.Spec.ClientID, secret, &azidentity.ClientSecretCredentialOptions{
 			ClientOptions: opts, DisableInstanceDiscovery: true, AdditionallyAllowedTenants: id.Spec.AuxiliaryTenantIDs})
@@ -169,22 +168,11 @@ func parsePFX(data []byte, password string) ([]*x509.Certificate, crypto.Private
 // reads as that exact audience.
 func scopeOf(resource string) string { return resource + "/.default" }
 
-func clientSecretOf(sec *corev1.Secret) string {
-	if v, ok := sec.Data["clientSecret"]; ok {
-		return string(v)
-	}
-	// Upstream took "the first value" of a Go map (random with several keys); take the first key
-	// in sorted order so the choice is stable.
-	keys := make([]string, 0, len(sec.Data))
-	for k := range sec.Data {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	if len(keys) == 0 {
-		return ""
-	}
-	return string(sec.Data[keys[0]])
-}
+// clientSecretKey is the one Secret key a type-1 identity's client secret is read from. Upstream
+// fell back to "the first value" of the Secret, so any Secret could be used as a credential.
+const clientSecretKey = "clientSecret"
+
+func clientSecretOf(sec *corev1.Secret) string { return string(sec.Data[clientSecretKey]) }
 
 // aadError classifies an azidentity failure: an Azure AD answer below 500 means the credentials
 // are wrong (fail fast); anything else may heal.

@@ -111,17 +111,17 @@ func (b *releaseBody) Close() error {
 // imdsAPIVersion is the token API version NMI uses towards IMDS.
 const imdsAPIVersion = "2018-02-01"
 
-// Fetch gets a token for a user-assigned identity (by client ID) or, with an empty clientID, the
-// node's default identity.
+// Fetch gets a token for a user-assigned identity. IMDS is asked by the identity's resource ID,
+// which is what MIC assigned, and the token must show that resource ID and the identity's client
+// ID: otherwise an AzureIdentity could pair an assignable resource ID with another identity's
+// client ID and receive that identity's tokens.
 func (c *IMDSClient) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resource string) ([]Token, error) {
-	clientID := ""
-	if id != nil {
-		clientID = id.Spec.ClientID
+	if id == nil || id.Spec.ResourceID == "" || id.Spec.ClientID == "" {
+		return nil, fmt.Errorf("%w: a user-assigned identity needs spec.resourceID and spec.clientID: set both to the identity's values (az identity show)", ErrCredential)
 	}
+	clientID := id.Spec.ClientID
 	q := "api-version=" + imdsAPIVersion + "&resource=" + url.QueryEscape(resource)
-	if clientID != "" {
-		q += "&client_id=" + url.QueryEscape(clientID)
-	}
+	q += "&msi_res_id=" + url.QueryEscape(id.Spec.ResourceID)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metadata/identity/oauth2/token?"+q, nil)
 	if err != nil {
 		return nil, fmt.Errorf("building IMDS request: %w", err)
@@ -151,7 +151,7 @@ func (c *IMDSClient) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resourc
 			ue.RetryAfter = time.Duration(s) * time.Second
 		}
 		if resp.StatusCode == http.StatusBadRequest && strings.Contains(strings.ToLower(ue.Description), "identity not found") {
-			return nil, fmt.Errorf("%w: IMDS does not know client ID %s yet (%w)", ErrIdentityNotFound, clientID, ue)
+			return nil, fmt.Errorf("%w: IMDS does not know identity %s yet (%w)", ErrIdentityNotFound, id.Spec.ResourceID, ue)
 		}
 		return nil, ue
 	}
@@ -159,9 +159,10 @@ func (c *IMDSClient) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resourc
 	if err != nil {
 		return nil, &UpstreamError{Service: "imds", Status: http.StatusBadGateway, Code: "invalid_response", Description: err.Error()}
 	}
-	if tok.ClientID == "" {
-		tok.ClientID = clientID
+	if err := verifyManagedIdentity(tok, id); err != nil {
+		return nil, err
 	}
+	tok.ClientID = clientID
 	return []Token{tok}, nil
 }
 
@@ -213,22 +214,40 @@ func parseTokenJSON(body []byte, resource string) (Token, error) {
 	return t, nil
 }
 
-// objectIDOf reads the oid claim of a JWT without verifying it: it is only used to match
-// object_id selectors against identities the pod is already authorized for.
-func objectIDOf(jwt string) string {
+// claims are the access-token claims NMI reads, without verifying the signature: the token comes
+// from IMDS or Azure AD over the connection NMI opened, and the claims only check that the
+// answer is for the identity asked for, and match object_id selectors.
+type claims struct {
+	OID      string `json:"oid"`
+	AppID    string `json:"appid"` // v1 tokens
+	AZP      string `json:"azp"`   // v2 tokens
+	MIResID  string `json:"xms_mirid"`
+	parsedOK bool
+}
+
+func claimsOf(jwt string) claims {
 	parts := strings.Split(jwt, ".")
 	if len(parts) != 3 {
-		return ""
+		return claims{}
 	}
 	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
 	if err != nil {
-		return ""
+		return claims{}
 	}
-	var c struct {
-		OID string `json:"oid"`
-	}
+	var c claims
 	if json.Unmarshal(payload, &c) != nil {
-		return ""
+		return claims{}
 	}
-	return c.OID
+	c.parsedOK = true
+	return c
 }
+
+// clientID is the application the token was issued to.
+func (c claims) clientID() string {
+	if c.AppID != "" {
+		return c.AppID
+	}
+	return c.AZP
+}
+
+func objectIDOf(jwt string) string { return claimsOf(jwt).OID }

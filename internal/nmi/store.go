@@ -13,68 +13,6 @@ import (
 	"github.com/podidentity/podidentity/internal/binding"
 )
 
-// podInfo is the little NMI needs to know about a pod on this node. Informers feed it; the hot
-// path reads it under a read lock.
-type podInfo struct {
-	Namespace, Name string
-	UID             types.UID
-	IP              string
-	Phase           corev1.PodPhase
-	Deleting        bool
-	// Selector is the value of the aadpodidbinding label (HasSelector: the label exists).
-	Selector    string
-	HasSelector bool
-	Labels      map[string]string
-	// OwnerReplicaSet is the name of the owning ReplicaSet, for the "is this MIC?" rule.
-	OwnerReplicaSet string
-}
-
-func (p *podInfo) key() string { return p.Namespace + "/" + p.Name }
-
-// terminated pods keep their status.podIP after the IP has been handed to a new pod.
-func (p *podInfo) terminated() bool {
-	return p.Phase == corev1.PodSucceeded || p.Phase == corev1.PodFailed
-}
-
-func newPodInfo(pod *corev1.Pod) *podInfo {
-	pi := &podInfo{
-		Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, IP: pod.Status.PodIP,
-		Phase: pod.Status.Phase, Deleting: pod.DeletionTimestamp != nil, Labels: pod.Labels,
-	}
-	pi.Selector, pi.HasSelector = pod.Labels[aadv1.PodLabelKey]
-	for _, o := range pod.OwnerReferences {
-		if o.Kind == "ReplicaSet" {
-			pi.OwnerReplicaSet = o.Name
-		}
-	}
-	// hostNetwork pods share the node's IP and never come through the DNAT rule: indexing them
-	// by IP would let every host process pose as them.
-	if pod.Spec.HostNetwork {
-		pi.IP = ""
-	}
-	return pi
-}
-
-// aaiInfo is one AzureAssignedIdentity of a pod on this node.
-type aaiInfo struct {
-	Name, Namespace string
-	PodKey          string
-	// IdentityNamespace/IdentityName name the AzureIdentity the assignment is for; Identity is
-	// MIC's copy of it at assignment time (what is actually on the VM).
-	IdentityNamespace, IdentityName string
-	Identity                        *aadv1.AzureIdentity
-	State                           aadv1.AssignedIdentityState
-}
-
-func newAAIInfo(a *aadv1.AzureAssignedIdentity) *aaiInfo {
-	ai := &aaiInfo{Name: a.Name, Namespace: a.Namespace, PodKey: a.Spec.PodNamespace + "/" + a.Spec.Pod,
-		Identity: a.Spec.AzureIdentityRef, State: a.Status.Status}
-	if ref := a.Spec.AzureIdentityRef; ref != nil {
-		ai.IdentityNamespace, ai.IdentityName = ref.Namespace, ref.Name
-	}
-	return ai
-}
-
 // Store holds the node-local view NMI answers from: pods on this node indexed by IP, their
 // assignments, the identities, bindings and exceptions. Every change closes the channel returned
 // by Changed, which is how waiting requests are woken without polling.
@@ -168,43 +106,31 @@ func (s *Store) unindexPodLocked(p *podInfo) {
 }
 
 // podByIP finds the caller among this node's pods. Terminated pods are ignored (their IP may have
-// been reused); a running pod wins over pending ones; two live candidates of the same rank are
-// ambiguous and refused rather than guessed.
+// been reused). A pod that is ending (being deleted, or all its containers have exited) is treated
+// as gone: it may have handed its IP to a new pod whose start the watch has not shown yet. When
+// more than one pod still claims the IP, the answer is refused rather than guessed: picking one
+// could hand one pod the other's identities.
 func (s *Store) podByIP(ip string) (*podInfo, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	var best *podInfo
-	ambiguous := false
+	var live *podInfo
+	claimants := 0
 	for _, p := range s.podsByIP[ip] {
 		if p.terminated() {
 			continue
 		}
-		switch r := rank(p); {
-		case best == nil || r > rank(best):
-			best, ambiguous = p, false
-		case r == rank(best):
-			ambiguous = true
+		claimants++
+		if !p.ending() {
+			live = p
 		}
 	}
-	if best == nil {
+	switch {
+	case claimants > 1:
+		return nil, &AmbiguousPodError{IP: ip}
+	case live == nil:
 		return nil, &PodNotFoundError{IP: ip}
 	}
-	if ambiguous {
-		return nil, &AmbiguousPodError{IP: ip}
-	}
-	return best, nil
-}
-
-// rank orders pods sharing an IP: running and not being deleted first.
-func rank(p *podInfo) int {
-	r := 0
-	if p.Phase == corev1.PodRunning {
-		r += 2
-	}
-	if !p.Deleting {
-		r++
-	}
-	return r
+	return live, nil
 }
 
 func (s *Store) podByKey(namespace, name string) *podInfo {
@@ -376,32 +302,43 @@ func (s *Store) excepted(p *podInfo) bool {
 	return binding.IsExcepted(p.Namespace, p.Labels, s.exceptions[p.Namespace])
 }
 
+// grant is one identity a pod is bound to, with the bindings that bind it (where refusals are
+// reported).
+type grant struct {
+	id       *aadv1.AzureIdentity
+	bindings []*aadv1.AzureIdentityBinding
+}
+
 // boundIdentitiesLocked returns the identities the pod is bound to now, through bindings whose
 // selector equals its label, sorted by namespace/name (the documented default order). In
 // namespaced mode (global or per identity) binding, identity and pod must share a namespace.
-func (s *Store) boundIdentitiesLocked(p *podInfo, forceNamespaced bool) []*aadv1.AzureIdentity {
+func (s *Store) boundIdentitiesLocked(p *podInfo, forceNamespaced bool) []grant {
 	if !p.HasSelector {
 		return nil
 	}
-	var out []*aadv1.AzureIdentity
-	seen := map[string]bool{}
+	var out []grant
+	at := map[string]int{}
 	for _, b := range s.bySelector[p.Selector] {
 		k := b.Namespace + "/" + b.Spec.AzureIdentity
 		id := s.identities[k]
-		if id == nil || seen[k] {
+		if id == nil {
 			continue
 		}
 		if binding.Namespaced(id, forceNamespaced) && (b.Namespace != p.Namespace || id.Namespace != p.Namespace) {
 			continue
 		}
-		seen[k] = true
-		out = append(out, id)
+		if i, ok := at[k]; ok {
+			out[i].bindings = append(out[i].bindings, b)
+			continue
+		}
+		at[k] = len(out)
+		out = append(out, grant{id: id, bindings: []*aadv1.AzureIdentityBinding{b}})
 	}
 	sort.Slice(out, func(i, j int) bool {
-		if out[i].Namespace != out[j].Namespace {
-			return out[i].Namespace < out[j].Namespace
+		if out[i].id.Namespace != out[j].id.Namespace {
+			return out[i].id.Namespace < out[j].id.Namespace
 		}
-		return out[i].Name < out[j].Name
+		return out[i].id.Name < out[j].id.Name
 	})
 	return out
 }
