@@ -69,7 +69,7 @@ type options struct {
 	micServiceAccount          string
 	allowCrossNamespaceSecrets bool
 	allowedADEndpoints         []string
-	shutdownGrace     time.Duration
+	shutdownGrace              time.Duration
 	// For benchmarks and tests on a developer machine only.
 	redirect         bool
 	cleanupIPTables  bool
