@@ -119,7 +119,6 @@ func (c *IMDSClient) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resourc
 	if id == nil || id.Spec.ResourceID == "" || id.Spec.ClientID == "" {
 		return nil, fmt.Errorf("%w: a user-assigned identity needs spec.resourceID and spec.clientID: set both to the identity's values (az identity show)", ErrCredential)
 	}
-	clientID := id.Spec.ClientID
 	q := "api-version=" + imdsAPIVersion + "&resource=" + url.QueryEscape(resource)
 	q += "&msi_res_id=" + url.QueryEscape(id.Spec.ResourceID)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/metadata/identity/oauth2/token?"+q, nil)
@@ -136,21 +135,27 @@ func (c *IMDSClient) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resourc
 	if err != nil {
 		return nil, &UpstreamError{Service: "imds", Description: fmt.Sprintf("reading IMDS answer: %v", err)}
 	}
-	if resp.StatusCode != http.StatusOK {
-		ue := &UpstreamError{Service: "imds", Status: resp.StatusCode}
+	return imdsAnswer(resp.StatusCode, resp.Header.Get("Retry-After"), body, id, resource)
+}
+
+// imdsAnswer turns IMDS's answer into the identity's token or an error (pure, fuzzed): an error
+// answer keeps IMDS's code, description and Retry-After; a token must be for the identity.
+func imdsAnswer(status int, retryAfter string, body []byte, id *aadv1.AzureIdentity, resource string) ([]Token, error) {
+	if status != http.StatusOK {
+		ue := &UpstreamError{Service: "imds", Status: status}
 		var eb struct {
 			Error       string `json:"error"`
 			Description string `json:"error_description"`
 		}
 		_ = json.Unmarshal(body, &eb)
-		ue.Code, ue.Description = eb.Error, eb.Description
+		ue.Code, ue.Description = clip(eb.Error), string(clipBytes([]byte(eb.Description)))
 		if ue.Description == "" {
 			ue.Description = strings.TrimSpace(string(clipBytes(body)))
 		}
-		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil {
-			ue.RetryAfter = time.Duration(s) * time.Second
+		if s, err := strconv.Atoi(retryAfter); err == nil && s > 0 {
+			ue.RetryAfter = min(time.Duration(s)*time.Second, 10*time.Minute)
 		}
-		if resp.StatusCode == http.StatusBadRequest && strings.Contains(strings.ToLower(ue.Description), "identity not found") {
+		if status == http.StatusBadRequest && strings.Contains(strings.ToLower(ue.Description), "identity not found") {
 			return nil, fmt.Errorf("%w: IMDS does not know identity %s yet (%w)", ErrIdentityNotFound, id.Spec.ResourceID, ue)
 		}
 		return nil, ue
@@ -162,7 +167,7 @@ func (c *IMDSClient) Fetch(ctx context.Context, id *aadv1.AzureIdentity, resourc
 	if err := verifyManagedIdentity(tok, id); err != nil {
 		return nil, err
 	}
-	tok.ClientID = clientID
+	tok.ClientID = id.Spec.ClientID
 	return []Token{tok}, nil
 }
 
