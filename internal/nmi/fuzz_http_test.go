@@ -1,0 +1,107 @@
+package nmi
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// NMI's whole HTTP handler, fuzzed with raw requests (the parsers alone are in fuzz_test.go).
+// fzNode is one NMI server over a store with one unbound pod, and a stand-in IMDS on loopback
+// that notes the first request it should never have received.
+var fzNode struct {
+	once sync.Once
+	srv  *Server
+	mu   sync.Mutex
+	bad  string
+}
+
+const fzPodIP = "127.1.250.9"
+
+func fzServer(t *testing.T) *Server {
+	fzNode.once.Do(func() {
+		imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method != http.MethodGet || !fzAllowedPath(r.URL, false) || r.Header.Get("Upgrade") != "" || r.Header.Get("Connection") != "" {
+				fzNode.mu.Lock()
+				fzNode.bad = fmt.Sprintf("%s %q %v", r.Method, r.URL.RequestURI(), r.Header)
+				fzNode.mu.Unlock()
+			}
+			_, _ = io.WriteString(w, "{}")
+		}))
+		u, _ := url.Parse(imds.URL)
+		port, _ := strconv.Atoi(u.Port())
+		st := NewStore()
+		st.UpsertPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "app", Name: "web", UID: "u1"},
+			Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: fzPodIP}})
+		fzNode.srv = NewServer(Config{NodeName: "fz", MetadataIP: "127.0.0.1", MetadataPort: port, MetadataHeaderRequired: true,
+			PodWaitTimeout: time.Millisecond}, st, nil, NewMetrics(nil), logr.Discard())
+		fzNode.srv.proxy.Transport.(*proxyTransport).limits = newPodLimiter(0, 0) // no budget: every input gets through
+	})
+	fzNode.mu.Lock()
+	fzNode.bad = ""
+	fzNode.mu.Unlock()
+	return fzNode.srv
+}
+
+// FuzzServeHTTP sends raw HTTP requests through NMI's whole handler (path routing, Metadata
+// header, token query, /host/token headers, proxy filter): no panic, JSON answers, the header
+// check first, and the stand-in IMDS sees only allow-listed GETs, never the token path.
+func FuzzServeHTTP(f *testing.F) {
+	for _, s := range []string{
+		"GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n",
+		"GET /metadata/identity/oauth2/token?resource=x HTTP/1.1\r\nHost: x\r\nMetadata: True\r\n\r\n",
+		"GET /metadata/identity/oauth2/token/?resource=x&client_id=a&client_id=b HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+		"GET /Metadata/identity/oauth2/token?resource=x HTTP/1.1\r\nHost: x\r\nMetadata: false\r\nMetadata: true\r\n\r\n",
+		"GET /metadata/identity%2Foauth2/token HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+		"GET /host/token?resource=x HTTP/1.1\r\nHost: x\r\npodname: web\r\npodns: app\r\n\r\n",
+		"GET /host/token?resource=x HTTP/1.1\r\nHost: x\r\npodname: web/x\r\npodns: app\r\n\r\n",
+		"GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+		"GET /metadata/versions HTTP/1.1\r\nHost: x\r\nMetadata: true\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+		"DELETE /metadata/instance HTTP/1.1\r\nHost: x\r\nMetadata: true\r\n\r\n",
+	} {
+		f.Add([]byte(s), uint8(1))
+	}
+	f.Add([]byte("GET /host/token?resource=x HTTP/1.1\r\nHost: x\r\npodname: web\r\npodns: app\r\n\r\n"), uint8(0))
+	f.Fuzz(func(t *testing.T, raw []byte, from uint8) {
+		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		if err != nil {
+			return
+		}
+		r.RemoteAddr = []string{"127.0.0.1:40000", fzPodIP + ":40000", "127.1.250.10:40000"}[from%3]
+		srv := fzServer(t)
+		w := httptest.NewRecorder()
+		srv.ServeHTTP(w, r)
+		body := w.Body.Bytes()
+		fzNode.mu.Lock()
+		bad := fzNode.bad
+		fzNode.mu.Unlock()
+		route := classify(r.URL.Path, r.URL.RawPath, false)
+		switch {
+		case w.Code == http.StatusInternalServerError:
+			t.Fatalf("500 for %q: %s", raw, body)
+		case !json.Valid(body):
+			t.Fatalf("answer is not JSON: %q", body)
+		case bad != "":
+			t.Fatalf("IMDS received %s", bad)
+		case route == routeToken && r.Method == http.MethodGet && r.Header.Get("Metadata") != "true" && w.Code != http.StatusBadRequest:
+			t.Fatalf("token request without Metadata: true answered %d", w.Code)
+		case route == routeToken && w.Code == http.StatusOK:
+			t.Fatalf("token for an unbound pod: %s", body)
+		case route == routeHostToken && from%3 != 0 && w.Code != http.StatusForbidden:
+			t.Fatalf("/host/token from %s answered %d", r.RemoteAddr, w.Code)
+		}
+	})
+}
