@@ -131,6 +131,37 @@ func TestAssignedIdentityWithAContradictedClientIDIsTakenBack(t *testing.T) {
 	})
 }
 
+// An identity deleted and re-created after it was put on the scale set: ARM reports no client ID
+// for the stale entry, so nothing ties spec.clientID to it and the AAI stays Created with a
+// warning saying what to do. Once the stale entry is removed, MIC assigns the new identity and
+// the PATCH's answer confirms its client ID.
+func TestIdentityARMReportsNoClientIDForIsNotAssignedUntilItIsReassigned(t *testing.T) {
+	w := newWorld(t, emulator.Config{
+		VirtualMachineScaleSets: []emulator.VMSSConfig{{Name: "pool", Instances: 1, UserAssignedIdentities: []string{"web"}}},
+		UserAssignedIdentities:  []emulator.IdentityConfig{{Name: "web"}}})
+	if err := w.e.DeleteIdentity("web"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.e.CreateIdentity(emulator.IdentityConfig{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	w.startMIC(micOpts{opts: func(o *mic.Options) { o.ReconcileInterval = 300 * time.Millisecond }})
+	w.identity("web") // the re-created identity's client ID
+	w.binding("b", "web", "sel")
+	w.pod("p", w.vmssNode("pool", 0), "sel")
+	w.waitEvents(map[eventWant][]string{
+		{"AzureIdentityBinding", "b", "Warning", "AssignmentFailed"}: {"ARM reports no client ID for resourceID", "remove it from the VM/VMSS"},
+	})
+	if got := w.aais()[w.aaiName("p", "web")]; got != created {
+		t.Fatalf("AAI is %q while ARM reports no client ID for its identity, want Created", got)
+	}
+	if err := w.e.RemoveIdentity("pool", "web"); err != nil {
+		t.Fatal(err)
+	}
+	w.waitAAIs(map[string]aadv1.AssignedIdentityState{w.aaiName("p", "web"): assigned})
+	w.waitAssigned("pool", "web")
+}
+
 func armCount(w *world, op string) int64 {
 	return w.e.Count(emulator.CounterKey{Service: emulator.ServiceARM, Operation: op})
 }
