@@ -29,8 +29,9 @@ func deployTargets() []deployTarget {
 	return []deployTarget{{
 		file: "podidentity.yaml",
 		comment: "Standard mode: CRDs, MIC (assigns identities to VMs / scale sets) and NMI (serves tokens),\n" +
-			"with least-privilege RBAC. NMI may read Secrets (service-principal identities); to turn that off,\n" +
-			"use the Helm chart with rbac.allowAccessToSecrets=false. On AKS also apply exceptions.yaml.",
+			"with least-privilege RBAC, and the admission policy for AzureIdentities (Kubernetes 1.30+). NMI\n" +
+			"reads no Secret: for service-principal identities use the Helm chart with rbac.secretNamespaces.\n" +
+			"On AKS also apply exceptions.yaml.",
 		values:   map[string]any{"installMICException": false},
 		complete: true,
 		keep:     all,

@@ -119,7 +119,9 @@ func TestAdmissionPolicyRefusesForeignSecretsAndADHosts(t *testing.T) {
 		"with-user":  "https://login.microsoftonline.com@attacker.example/",
 		"with-query": "https://login.microsoftonline.com/?x=1",
 		"lookalike":  "https://login.microsoftonline.com.attacker.example/",
-		"not-a-url":  "login.microsoftonline.com",
+		"other-host": "attacker.example",
+		"ftp":        "ftp://login.microsoftonline.com/",
+		"with-port":  "https://login.microsoftonline.com:8443/",
 	} {
 		wantRefused(t, spIdentity(ns, name, "", ep),
 			"AzureIdentity "+name+": spec.adEndpoint "+ep+" is not an allowed Azure AD authority",
@@ -130,6 +132,7 @@ func TestAdmissionPolicyRefusesForeignSecretsAndADHosts(t *testing.T) {
 	wantAccepted(t, spIdentity(ns, "own-secret", "", ""))
 	wantAccepted(t, spIdentity(ns, "own-secret-named", ns, "https://login.microsoftonline.com/"))
 	wantAccepted(t, spIdentity(ns, "authority-any-case", "", "https://LOGIN.microsoftonline.com"))
+	wantAccepted(t, spIdentity(ns, "bare-host", "", "login.microsoftonline.com")) // NMI reads https://login.microsoftonline.com
 	// A managed identity uses neither field, as NMI ignores them for type 0.
 	msi := testenv.NewMSIIdentity(ns, "msi", "11111111-2222-3333-4444-555555555555", "rg", spClientID)
 	msi.Spec.ClientPassword = corev1.SecretReference{Name: "x", Namespace: victim}
