@@ -283,7 +283,7 @@ func (w *SecretWatcher) GetSecret(ctx context.Context, namespace, name string) (
 				if ctx.Err() == nil && w.ctx.Err() == nil && sw.ctx.Err() != nil {
 					continue
 				}
-				return nil, fmt.Errorf("watch of Secret %s did not sync before the request ended: check NMI's RBAC (list/watch secrets) and API server reachability", key)
+				return nil, fmt.Errorf("watch of Secret %s did not sync before the request ended: check that NMI may list/watch Secrets in namespace %s (with the chart: add it to rbac.secretNamespaces) and that the API server is reachable", key, namespace)
 			}
 		}
 		obj, ok, err := sw.inf.GetStore().GetByKey(key)

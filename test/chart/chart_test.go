@@ -396,3 +396,17 @@ func TestCustomCloudFileReachesMICAndNMI(t *testing.T) {
 		}
 	}
 }
+
+// adminsecret.cloud reaches NMI too: service principals use that cloud's Azure AD, which is also
+// the authority NMI (and the admission policy) let an identity's adEndpoint name.
+func TestAdminSecretCloudReachesNMI(t *testing.T) {
+	objs := render(t, "podidentity", "podidentity", map[string]any{"adminsecret": map[string]any{"cloud": "AzureChinaCloud"}})
+	nmi := decode[appsv1.DaemonSet](t, find(objs, "DaemonSet", "-nmi"))
+	if v, _ := env0(nmi.Spec.Template.Spec.Containers[0], "CLOUD"); v != "AzureChinaCloud" {
+		t.Errorf("NMI: CLOUD=%q, want AzureChinaCloud", v)
+	}
+	nmi = decode[appsv1.DaemonSet](t, find(render(t, "podidentity", "podidentity", nil), "DaemonSet", "-nmi"))
+	if v, ok := env0(nmi.Spec.Template.Spec.Containers[0], "CLOUD"); ok {
+		t.Errorf("NMI: CLOUD=%q set without adminsecret.cloud", v)
+	}
+}
