@@ -69,6 +69,7 @@ type options struct {
 	micServiceAccount          string
 	allowCrossNamespaceSecrets bool
 	allowedADEndpoints         []string
+	serveDeletingPods          bool
 	shutdownGrace              time.Duration
 	// For benchmarks and tests on a developer machine only.
 	redirect         bool
@@ -89,6 +90,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.micNamespace, "MICNamespace", "default", "namespace of MIC, whose pods get IMDS passthrough")
 	fs.StringVar(&o.micServiceAccount, "mic-service-account", "aad-pod-id-mic-service-account", "ServiceAccount of MIC's pods in --MICNamespace: only pods running as it get IMDS passthrough (empty: none)")
 	fs.BoolVar(&o.allowCrossNamespaceSecrets, "allow-cross-namespace-secrets", false, "let service-principal identities use a Secret in another namespace (spec.clientPassword.namespace); never for namespaced identities")
+	fs.BoolVar(&o.serveDeletingPods, "serve-deleting-pods", false, "keep serving a pod in its termination grace period (deletionTimestamp set, containers running) while no other pod claims its IP (upstream's behaviour; the new owner of a reused IP may not be visible yet)")
 	fs.StringSliceVar(&o.allowedADEndpoints, "allowed-ad-endpoints", nil, "Azure AD authorities (https URLs or hosts) an identity's spec.adEndpoint may name besides the cloud's own")
 	fs.IntVar(&o.probePort, "http-probe-port", 8080, "port of /healthz and /readyz")
 	fs.IntVar(&o.retryAttemptsForCreated, "retry-attempts-for-created", 16, "standard mode: intervals to wait for a pod's assignment to appear")
@@ -143,6 +145,7 @@ func (o *options) config() nmi.Config {
 		MetadataHeaderRequired: o.metadataHeaderRequired, BlockInstanceMetadata: o.blockInstanceMetadata,
 		OperationMode: o.operationMode, MICNamespace: o.micNamespace, MICServiceAccount: o.micServiceAccount,
 		AllowCrossNamespaceSecrets: o.allowCrossNamespaceSecrets, AllowedADEndpoints: o.allowedADEndpoints,
+		ServeDeletingPods:       o.serveDeletingPods,
 		ForceNamespaced:         o.forceNamespaced || strings.EqualFold(os.Getenv(aadv1.ForceNamespacedEnv), "true"),
 		RetryAttemptsForCreated: o.retryAttemptsForCreated, RetryAttemptsForAssigned: o.retryAttemptsForAssigned,
 		FindIdentityRetryInterval: time.Duration(o.findIdentityRetryInterval) * time.Second,

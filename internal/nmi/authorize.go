@@ -111,7 +111,7 @@ func (s *Server) evaluate(pod *podInfo, q *TokenQuery) (*grant, lookupState, err
 	if cur == nil || cur.UID != pod.UID {
 		return nil, 0, fmt.Errorf("%w: pod %s left node %q", ErrNotBound, pod.key(), s.cfg.NodeName)
 	}
-	if cur.gone() {
+	if cur.gone(s.cfg.ServeDeletingPods) {
 		return nil, 0, fmt.Errorf("%w: pod %s is terminated or being deleted, so it is served no tokens (its IP may already belong to another pod)", ErrNotBound, pod.key())
 	}
 	bound := st.boundIdentitiesLocked(cur, s.cfg.ForceNamespaced || s.cfg.OperationMode == ModeManaged)

@@ -39,6 +39,10 @@ type Config struct {
 	// AllowCrossNamespaceSecrets lets a service-principal identity use a Secret in another
 	// namespace (spec.clientPassword.namespace). Never honoured for namespaced identities.
 	AllowCrossNamespaceSecrets bool
+	// ServeDeletingPods keeps serving a pod in its termination grace period (deletionTimestamp
+	// set, containers running) while no other pod claims its IP. Off by default: the new owner
+	// of a reused IP may not be visible yet.
+	ServeDeletingPods bool
 	// AllowedADEndpoints are Azure AD authorities an identity's spec.adEndpoint may name besides
 	// the configured cloud's (AuthorityHost): https URLs or host[:port].
 	AllowedADEndpoints []string

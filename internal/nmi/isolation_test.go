@@ -213,7 +213,7 @@ func TestEndingPodsAreGone(t *testing.T) {
 
 	fresh := env.CreatePod(t, testenv.PodSpec{Namespace: h.ns, Name: "fresh", Node: h.node, IP: old.Status.PodIP})
 	env.SetPodStatus(t, fresh, corev1.PodPending, old.Status.PodIP)
-	h.waitStore("fresh pod", func(s *Store) bool { return s.podsByKey[h.ns+"/fresh"] != nil })
+	h.waitStore("fresh pod with the IP", func(s *Store) bool { q := s.podsByKey[h.ns+"/fresh"]; return q != nil && q.IP != "" })
 	a = h.token(fresh)
 	wantStatus(t, a, http.StatusServiceUnavailable)
 	if a.header.Get("Retry-After") == "" {
@@ -323,4 +323,35 @@ func TestRefusalLogIsSampled(t *testing.T) {
 	if refused > 2 {
 		t.Errorf("%d refusal lines for 50 refused requests of one pod, want at most 2", refused)
 	}
+}
+
+// The opt-in --serve-deleting-pods keeps serving a pod in its termination grace period, as
+// upstream did, but only while it alone claims its IP; exited containers still end it.
+func TestServeDeletingPodsOptIn(t *testing.T) {
+	h := newHarness(t, harnessOpts{identities: []string{"web"}, cfg: func(c *Config) { c.ServeDeletingPods = true }})
+	id := h.identity("web")
+	h.binding("web", "web")
+	ctx := testenv.Context(t)
+	p := env.CreatePod(t, testenv.PodSpec{Namespace: h.ns, Name: "draining", Node: h.node, Binding: h.sel("web"), IP: nextPodIP()})
+	h.assign(p, id, aadv1.AssignedIDAssigned)
+	p.Finalizers = []string{"podidentity.io/test"}
+	if err := env.Client.Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var cur corev1.Pod
+		if env.Client.Get(ctx, client.ObjectKeyFromObject(p), &cur) == nil {
+			cur.Finalizers = nil
+			_ = env.Client.Update(ctx, &cur)
+		}
+	})
+	if err := env.Client.Delete(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStore("pod deleting", func(s *Store) bool { q := s.podsByKey[h.ns+"/draining"]; return q != nil && q.Deleting })
+	wantStatus(t, h.token(p), http.StatusOK)
+
+	fresh := env.CreatePod(t, testenv.PodSpec{Namespace: h.ns, Name: "fresh", Node: h.node, IP: p.Status.PodIP})
+	h.waitStore("fresh pod with the IP", func(s *Store) bool { q := s.podsByKey[h.ns+"/fresh"]; return q != nil && q.IP != "" })
+	wantStatus(t, h.token(fresh), http.StatusServiceUnavailable)
 }

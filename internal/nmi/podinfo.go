@@ -36,11 +36,15 @@ func (p *podInfo) terminated() bool {
 }
 
 // ending pods are on their way out: being deleted, or with every container exited. They are
-// served no tokens, since their IP may already belong to a new pod.
-func (p *podInfo) ending() bool { return p.Deleting || p.ContainersExited }
+// served no tokens, since their IP may already belong to a new pod. serveDeleting
+// (--serve-deleting-pods) keeps serving a pod in its termination grace period while its
+// containers run.
+func (p *podInfo) ending(serveDeleting bool) bool {
+	return p.ContainersExited || (p.Deleting && !serveDeleting)
+}
 
 // gone reports whether the pod may not be served at all (terminated or ending).
-func (p *podInfo) gone() bool { return p.terminated() || p.ending() }
+func (p *podInfo) gone(serveDeleting bool) bool { return p.terminated() || p.ending(serveDeleting) }
 
 func newPodInfo(pod *corev1.Pod) *podInfo {
 	pi := &podInfo{

@@ -258,7 +258,7 @@ func (s *Server) findPod(ctx context.Context, ip string) (*podInfo, error) {
 	var timer *time.Timer
 	for {
 		changed := s.store.Changed()
-		p, err := s.store.podByIP(ip)
+		p, err := s.store.podByIP(ip, s.cfg.ServeDeletingPods)
 		var pnf *PodNotFoundError
 		if !errors.As(err, &pnf) {
 			return p, err

@@ -189,6 +189,8 @@ func aadError(err error, id *aadv1.AzureIdentity, tenant string) error {
 		Description: fmt.Sprintf("getting a token for AzureIdentity %s/%s in tenant %s: %s", id.Namespace, id.Name, tenant, firstLine(err.Error()))}
 }
 
+// firstLine condenses an azidentity error to its first lines, bounded (Azure AD's answer may be
+// anything, of any length).
 func firstLine(s string) string {
 	s = strings.TrimSpace(s)
 	var parts []string
@@ -200,7 +202,7 @@ func firstLine(s string) string {
 			break
 		}
 	}
-	return strings.Join(parts, " ")
+	return string(clipBytes([]byte(strings.Join(parts, " "))))
 }
 
 // SecretWatcher keeps one watch per Secret that an identity references: NMI needs few Secrets,

@@ -153,7 +153,7 @@ func imdsAnswer(status int, retryAfter string, body []byte, id *aadv1.AzureIdent
 			ue.Description = strings.TrimSpace(string(clipBytes(body)))
 		}
 		if s, err := strconv.Atoi(retryAfter); err == nil && s > 0 {
-			ue.RetryAfter = min(time.Duration(s)*time.Second, 10*time.Minute)
+			ue.RetryAfter = time.Duration(min(s, 600)) * time.Second // bounded before multiplying: no overflow
 		}
 		if status == http.StatusBadRequest && strings.Contains(strings.ToLower(ue.Description), "identity not found") {
 			return nil, fmt.Errorf("%w: IMDS does not know identity %s yet (%w)", ErrIdentityNotFound, id.Spec.ResourceID, ue)
@@ -178,6 +178,10 @@ func clipBytes(b []byte) []byte {
 	return b
 }
 
+// maxTokenLifetime bounds the lifetime NMI believes a token answer has: Azure AD tokens live at
+// most a day; a larger figure is a broken answer, not a token to cache for months.
+const maxTokenLifetime = 7 * 24 * time.Hour
+
 // parseTokenJSON reads an IMDS or Azure AD v1 token answer; numbers may be strings or numbers.
 func parseTokenJSON(body []byte, resource string) (Token, error) {
 	var r struct {
@@ -190,7 +194,7 @@ func parseTokenJSON(body []byte, resource string) (Token, error) {
 		ClientID    string      `json:"client_id"`
 	}
 	if err := json.Unmarshal(body, &r); err != nil {
-		return Token{}, fmt.Errorf("token answer is not JSON: %v", err)
+		return Token{}, fmt.Errorf("token answer is not JSON: %s", clipBytes([]byte(err.Error())))
 	}
 	if r.AccessToken == "" {
 		return Token{}, fmt.Errorf("token answer has no access_token")
@@ -199,10 +203,13 @@ func parseTokenJSON(body []byte, resource string) (Token, error) {
 	t := Token{AccessToken: r.AccessToken, Resource: r.Resource, TokenType: r.TokenType, ClientID: r.ClientID}
 	if on, err := r.ExpiresOn.Int64(); err == nil && on > 0 {
 		t.ExpiresOn = time.Unix(on, 0)
-	} else if in, err := r.ExpiresIn.Int64(); err == nil && in > 0 {
+	} else if in, err := r.ExpiresIn.Int64(); err == nil && in > 0 && in <= int64(maxTokenLifetime/time.Second) {
 		t.ExpiresOn = now.Add(time.Duration(in) * time.Second)
 	} else {
-		return Token{}, fmt.Errorf("token answer has neither expires_on nor expires_in")
+		return Token{}, fmt.Errorf("token answer has neither expires_on nor a plausible expires_in (1 s to %s)", maxTokenLifetime)
+	}
+	if t.ExpiresOn.After(now.Add(maxTokenLifetime)) {
+		return Token{}, fmt.Errorf("token answer expires at %s, more than %s from now: refusing to cache it", t.ExpiresOn.UTC().Format(time.RFC3339), maxTokenLifetime)
 	}
 	if nb, err := r.NotBefore.Int64(); err == nil && nb > 0 {
 		t.NotBefore = time.Unix(nb, 0)

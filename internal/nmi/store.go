@@ -110,7 +110,7 @@ func (s *Store) unindexPodLocked(p *podInfo) {
 // as gone: it may have handed its IP to a new pod whose start the watch has not shown yet. When
 // more than one pod still claims the IP, the answer is refused rather than guessed: picking one
 // could hand one pod the other's identities.
-func (s *Store) podByIP(ip string) (*podInfo, error) {
+func (s *Store) podByIP(ip string, serveDeleting bool) (*podInfo, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	var live *podInfo
@@ -120,7 +120,7 @@ func (s *Store) podByIP(ip string) (*podInfo, error) {
 			continue
 		}
 		claimants++
-		if !p.ending() {
+		if !p.ending(serveDeleting) {
 			live = p
 		}
 	}

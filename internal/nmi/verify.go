@@ -21,7 +21,7 @@ type MismatchError struct {
 
 func (e *MismatchError) Error() string {
 	return fmt.Sprintf("the token IMDS issued for AzureIdentity %s has %s %q, but the identity's %s is %q: its spec.clientID and spec.resourceID must name the same user-assigned identity (az identity show --ids <resourceID> --query clientId); no token is served",
-		e.Identity, e.TokenOf, e.Got, e.Field, e.Want)
+		e.Identity, e.TokenOf, clipBytes([]byte(e.Got)), e.Field, e.Want)
 }
 
 func (e *MismatchError) Unwrap() error { return ErrIdentityMismatch }

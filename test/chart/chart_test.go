@@ -227,7 +227,7 @@ func TestDefaults(t *testing.T) {
 		"--mic-service-account="+mic.Spec.Template.Spec.ServiceAccountName)
 	// Defaults equal the binaries' defaults, so the chart does not repeat them.
 	noArgPrefix(t, "NMI", nc.Args, "--metadata-header-required", "--enableScaleFeatures", "--operation-mode", "--block-instance-metadata",
-		"--allow-cross-namespace-secrets", "--allowed-ad-endpoints")
+		"--allow-cross-namespace-secrets", "--allowed-ad-endpoints", "--serve-deleting-pods")
 	if find(objs, "ValidatingAdmissionPolicy", "-azureidentity") == nil || find(objs, "ValidatingAdmissionPolicyBinding", "-azureidentity") == nil {
 		t.Errorf("the AzureIdentity admission policy is not installed by default")
 	}
@@ -409,4 +409,12 @@ func TestAdminSecretCloudReachesNMI(t *testing.T) {
 	if v, ok := env0(nmi.Spec.Template.Spec.Containers[0], "CLOUD"); ok {
 		t.Errorf("NMI: CLOUD=%q set without adminsecret.cloud", v)
 	}
+}
+
+// NMI's opt-ins of issue 11 reach its arguments when set.
+func TestNMIOptInsReachItsArguments(t *testing.T) {
+	objs := render(t, "podidentity", "podidentity", readValues(t, "everything.yaml"))
+	nmi := decode[appsv1.DaemonSet](t, find(objs, "DaemonSet", "-nmi"))
+	wantArgs(t, "NMI", nmi.Spec.Template.Spec.Containers[0].Args, "--allow-cross-namespace-secrets=true", "--serve-deleting-pods=true",
+		"--allowed-ad-endpoints=login.contoso.example")
 }
