@@ -97,8 +97,17 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 	mopts := manager.Options{
 		Scheme: kubescheme.New(),
 		Logger: rc.Log,
+		// MIC runs with the chart's RBAC, not as admin: it may list and watch cluster-wide only
+		// what the cache warmer starts (pods, nodes, the CRDs), and ConfigMaps only in its own
+		// namespace (a Role). A cached ConfigMap read would start a cluster-wide informer whose
+		// list is forbidden, and block. So the ownership records are read from the API server:
+		// fresh after a conflict or a leader change, one GET per VM/VMSS per term.
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&corev1.ConfigMap{}}}},
 		Cache: cache.Options{
-			DefaultTransform: cache.TransformStripManagedFields(),
+			// A cached read of a kind the warmer did not start fails at once (and names the kind)
+			// instead of silently starting an informer the chart's RBAC may not allow.
+			ReaderFailOnMissingInformer: true,
+			DefaultTransform:            cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{
 				// Only labelled pods matter, and only a few fields of them: keeps RSS flat at scale.
 				&corev1.Pod{}:  {Label: podSel, Transform: slimPod},
