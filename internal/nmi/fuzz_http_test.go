@@ -10,16 +10,19 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-logr/logr"
+	"golang.org/x/net/http/httpguts"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// NMI's whole HTTP handler, fuzzed with raw requests (the parsers alone are in fuzz_test.go).
+// Raw HTTP requests, parsed as NMI's server parses them: the proxy filter and the whole handler
+// (the token-path parsers are in fuzz_test.go).
 // fzNode is one NMI server over a store with one unbound pod, and a stand-in IMDS on loopback
 // that notes the first request it should never have received.
 var fzNode struct {
@@ -60,6 +63,7 @@ func fzServer(t *testing.T) *Server {
 // header, token query, /host/token headers, proxy filter): no panic, JSON answers, the header
 // check first, and the stand-in IMDS sees only allow-listed GETs, never the token path.
 func FuzzServeHTTP(f *testing.F) {
+	fzNoControlPlane()
 	for _, s := range []string{
 		"GET /metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n",
 		"GET /metadata/identity/oauth2/token?resource=x HTTP/1.1\r\nHost: x\r\nMetadata: True\r\n\r\n",
@@ -102,6 +106,70 @@ func FuzzServeHTTP(f *testing.F) {
 			t.Fatalf("token for an unbound pod: %s", body)
 		case route == routeHostToken && from%3 != 0 && w.Code != http.StatusForbidden:
 			t.Fatalf("/host/token from %s answered %d", r.RemoteAddr, w.Code)
+		}
+	})
+}
+
+// fzAllowedPath is an independent reading of the proxy's allow-list.
+func fzAllowedPath(u *url.URL, block bool) bool {
+	p := u.EscapedPath()
+	if strings.HasSuffix(p, "/") && len(p) > 1 {
+		p = p[:len(p)-1]
+	}
+	for _, a := range proxyExactPaths {
+		if p == a {
+			return true
+		}
+	}
+	sub, ok := strings.CutPrefix(p, "/metadata/instance")
+	if block || !ok || (sub != "" && sub[0] != '/') {
+		return false
+	}
+	for _, seg := range strings.Split(sub, "/")[1:] {
+		if seg == "" || seg == "." || seg == ".." || strings.Trim(seg, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// FuzzProxyFilter parses raw HTTP requests as NMI's server does and checks what the proxy's
+// filter lets through: GET only, no body, no protocol upgrade, only allow-listed paths.
+func FuzzProxyFilter(f *testing.F) {
+	fzNoControlPlane()
+	for _, s := range []string{
+		"GET /metadata/instance?api-version=2021-02-01 HTTP/1.1\r\nHost: 169.254.169.254\r\nMetadata: true\r\n\r\n",
+		"GET /metadata/instance/compute/vmId/ HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /metadata/scheduledevents HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+		"GET /metadata/versions HTTP/1.1\r\nHost: x\r\nconnection: UPGRADE\r\n\r\n",
+		"POST /metadata/attested/document HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+		"GET /metadata/instance HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+		"GET /metadata/instance/../identity/oauth2/token HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /metadata/instance%2F..%2Fidentity HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET //metadata/instance HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET http://169.254.169.254/metadata/loadbalancer HTTP/1.1\r\nHost: x\r\n\r\n",
+		"GET /metadata/identity/info HTTP/1.0\r\n\r\n",
+	} {
+		f.Add([]byte(s), false)
+	}
+	f.Add([]byte("GET /metadata/instance/network HTTP/1.1\r\nHost: x\r\n\r\n"), true)
+	f.Fuzz(func(t *testing.T, raw []byte, block bool) {
+		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		if err != nil {
+			return
+		}
+		if checkProxyRequest(r) != nil || !allowedIMDSPath(r.URL.Path, r.URL.RawPath, block) {
+			return
+		}
+		switch {
+		case r.Method != http.MethodGet:
+			t.Fatalf("forwards method %q", r.Method)
+		case r.ContentLength != 0 || len(r.TransferEncoding) != 0:
+			t.Fatalf("forwards a body (%d, %v)", r.ContentLength, r.TransferEncoding)
+		case httpguts.HeaderValuesContainsToken(r.Header["Connection"], "Upgrade") || r.Header.Get("Upgrade") != "":
+			t.Fatalf("forwards an upgrade: %v", r.Header)
+		case !fzAllowedPath(r.URL, block):
+			t.Fatalf("forwards path %q (raw %q, block %v)", r.URL.Path, r.URL.RawPath, block)
 		}
 	})
 }
