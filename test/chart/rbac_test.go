@@ -110,13 +110,14 @@ func TestRBACGranted(t *testing.T) {
 					access{mic, "create", "events.k8s.io", "events", other, true, ""},
 					access{mic, "create", "", "configmaps", ns, true, ""},
 					access{mic, "update", "", "configmaps", ns, true, ""},
-					access{mic, "watch", "", "configmaps", ns, true, ""},
+					access{mic, "get", "", "configmaps", ns, true, ""},
 					access{mic, "create", "coordination.k8s.io", "leases", ns, true, ""},
 					access{mic, "get", "coordination.k8s.io", "leases", ns, true, lease},
 					access{mic, "update", "coordination.k8s.io", "leases", ns, true, lease},
 					// Nothing beyond that: MIC never patches or deletes its ownership records, and
 					// holds one Lease only.
 					access{mic, "delete", "", "configmaps", ns, false, ""},
+					access{mic, "list", "", "configmaps", ns, false, ""},
 					access{mic, "patch", "", "configmaps", ns, false, ""},
 					access{mic, "create", "", "configmaps", other, false, ""},
 					access{mic, "update", "coordination.k8s.io", "leases", ns, false, "another-lease"},
