@@ -150,7 +150,7 @@ func FuzzIMDSAnswer(f *testing.F) {
 		if knownF2NumberEcho(err) || knownF3MismatchEcho(err) {
 			return
 		}
-		if max := fzDescMax + 2*(len(rid)+len(cid)); len(err.Error()) > max {
+		if max := fzDescMax + 2*(len(strconv.Quote(rid))+len(strconv.Quote(cid))); len(err.Error()) > max { // the spec is quoted with %q
 			t.Fatalf("error is %d bytes (max %d): %.200s...", len(err.Error()), max, err.Error())
 		}
 	})
