@@ -192,22 +192,7 @@ func TestEndingPodsAreGone(t *testing.T) {
 	old := env.CreatePod(t, testenv.PodSpec{Namespace: h.ns, Name: "old", Node: h.node, Binding: h.sel("web"), IP: nextPodIP()})
 	h.assign(old, id, aadv1.AssignedIDAssigned)
 	wantStatus(t, h.token(old), http.StatusOK)
-	// A finalizer keeps the deleted pod in the API, Running, with deletionTimestamp set.
-	old.Finalizers = []string{"podidentity.io/test"}
-	if err := env.Client.Update(ctx, old); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		var p corev1.Pod
-		if env.Client.Get(ctx, client.ObjectKeyFromObject(old), &p) == nil {
-			p.Finalizers = nil
-			_ = env.Client.Update(ctx, &p)
-		}
-	})
-	if err := env.Client.Delete(ctx, old); err != nil {
-		t.Fatal(err)
-	}
-	h.waitStore("old pod deleting", func(s *Store) bool { p := s.podsByKey[h.ns+"/old"]; return p != nil && p.Deleting })
+	h.deleteKeepingPod(old)
 	a := h.token(old)
 	wantStatus(t, a, http.StatusNotFound)
 
@@ -334,6 +319,28 @@ func TestServeDeletingPodsOptIn(t *testing.T) {
 	ctx := testenv.Context(t)
 	p := env.CreatePod(t, testenv.PodSpec{Namespace: h.ns, Name: "draining", Node: h.node, Binding: h.sel("web"), IP: nextPodIP()})
 	h.assign(p, id, aadv1.AssignedIDAssigned)
+	h.deleteKeepingPod(p)
+	wantStatus(t, h.token(p), http.StatusOK)
+
+	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(p), p); err != nil {
+		t.Fatal(err)
+	}
+	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "c", State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{}}}}
+	if err := env.Client.Status().Update(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStore("containers exited", func(s *Store) bool { q := s.podsByKey[h.ns+"/draining"]; return q != nil && q.ContainersExited })
+	wantStatus(t, h.token(p), http.StatusNotFound)
+
+	fresh := env.CreatePod(t, testenv.PodSpec{Namespace: h.ns, Name: "fresh", Node: h.node, IP: p.Status.PodIP})
+	h.waitStore("fresh pod with the IP", func(s *Store) bool { q := s.podsByKey[h.ns+"/fresh"]; return q != nil && q.IP != "" })
+	wantStatus(t, h.token(fresh), http.StatusServiceUnavailable)
+}
+
+// deleteKeepingPod deletes a pod that a finalizer keeps in the API, Running, with its
+// deletionTimestamp set (a pod in its termination grace period), and waits until NMI sees that.
+func (h *harness) deleteKeepingPod(p *corev1.Pod) {
+	t, ctx := h.t, testenv.Context(h.t)
 	p.Finalizers = []string{"podidentity.io/test"}
 	if err := env.Client.Update(ctx, p); err != nil {
 		t.Fatal(err)
@@ -348,10 +355,5 @@ func TestServeDeletingPodsOptIn(t *testing.T) {
 	if err := env.Client.Delete(ctx, p); err != nil {
 		t.Fatal(err)
 	}
-	h.waitStore("pod deleting", func(s *Store) bool { q := s.podsByKey[h.ns+"/draining"]; return q != nil && q.Deleting })
-	wantStatus(t, h.token(p), http.StatusOK)
-
-	fresh := env.CreatePod(t, testenv.PodSpec{Namespace: h.ns, Name: "fresh", Node: h.node, IP: p.Status.PodIP})
-	h.waitStore("fresh pod with the IP", func(s *Store) bool { q := s.podsByKey[h.ns+"/fresh"]; return q != nil && q.IP != "" })
-	wantStatus(t, h.token(fresh), http.StatusServiceUnavailable)
+	h.waitStore("pod "+p.Name+" deleting", func(s *Store) bool { q := s.podsByKey[p.Namespace+"/"+p.Name]; return q != nil && q.Deleting })
 }

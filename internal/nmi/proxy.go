@@ -221,26 +221,26 @@ func allowedPathList(blockInstance bool) string {
 
 // proxyTransport is the proxy's own connection pool, concurrency cap and per-pod budget.
 type proxyTransport struct {
-	next   http.RoundTripper
-	sem    chan struct{}
-	wait   time.Duration
+	next   *limitedTransport
 	limits *podLimiter
 	swept  time.Time // guarded by limits.mu
 }
 
 func newProxyTransport() *proxyTransport {
 	return &proxyTransport{
-		next: &http.Transport{
-			Proxy:                 nil, // IMDS is link-local: never through an HTTP proxy
-			DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-			MaxIdleConns:          proxyMaxConcurrent,
-			MaxIdleConnsPerHost:   proxyMaxConcurrent,
-			MaxConnsPerHost:       proxyMaxConcurrent,
-			IdleConnTimeout:       90 * time.Second,
-			ResponseHeaderTimeout: proxyHeaderTimeout,
+		next: &limitedTransport{
+			next: &http.Transport{
+				Proxy:                 nil, // IMDS is link-local: never through an HTTP proxy
+				DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+				MaxIdleConns:          proxyMaxConcurrent,
+				MaxIdleConnsPerHost:   proxyMaxConcurrent,
+				MaxConnsPerHost:       proxyMaxConcurrent,
+				IdleConnTimeout:       90 * time.Second,
+				ResponseHeaderTimeout: proxyHeaderTimeout,
+			},
+			sem: make(chan struct{}, proxyMaxConcurrent), wait: proxySlotWait,
+			busy: fmt.Errorf("%w (%d requests in flight for %s)", errProxyBusy, proxyMaxConcurrent, proxySlotWait),
 		},
-		sem:    make(chan struct{}, proxyMaxConcurrent),
-		wait:   proxySlotWait,
 		limits: newPodLimiter(proxyPodRate, proxyPodBurst),
 		swept:  time.Now(),
 	}
@@ -255,22 +255,7 @@ func (t *proxyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 		}
 		t.sweep(time.Now())
 	}
-	timer := time.NewTimer(t.wait)
-	defer timer.Stop()
-	select {
-	case t.sem <- struct{}{}:
-	case <-timer.C:
-		return nil, fmt.Errorf("%w (%d requests in flight for %s)", errProxyBusy, cap(t.sem), t.wait)
-	case <-r.Context().Done():
-		return nil, r.Context().Err()
-	}
-	resp, err := t.next.RoundTrip(r)
-	if err != nil {
-		<-t.sem
-		return nil, err
-	}
-	resp.Body = &releaseBody{ReadCloser: resp.Body, release: func() { <-t.sem }}
-	return resp, nil
+	return t.next.RoundTrip(r)
 }
 
 // sweep drops limiters that have refilled to their burst: they are indistinguishable from new

@@ -75,11 +75,22 @@ func newIMDSTransport(maxConcurrent int) http.RoundTripper {
 type limitedTransport struct {
 	next http.RoundTripper
 	sem  chan struct{}
+	// wait, when set, bounds the wait for a slot: RoundTrip then fails with busy.
+	wait time.Duration
+	busy error
 }
 
 func (t *limitedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	var timeout <-chan time.Time
+	if t.wait > 0 {
+		timer := time.NewTimer(t.wait)
+		defer timer.Stop()
+		timeout = timer.C
+	}
 	select {
 	case t.sem <- struct{}{}:
+	case <-timeout:
+		return nil, t.busy
 	case <-r.Context().Done():
 		return nil, r.Context().Err()
 	}
