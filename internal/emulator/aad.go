@@ -102,6 +102,9 @@ type aadErr struct {
 func (a *aadErr) Error() string { return fmt.Sprintf("AADSTS%d: %s", a.sts, a.msg) }
 
 func writeAADError(w http.ResponseWriter, r *http.Request, a *aadErr) {
+	if sr, ok := w.(*statusRecorder); ok {
+		sr.code = a.sts
+	}
 	now := time.Now().UTC()
 	trace, corr := randomID(), r.Header.Get("client-request-id")
 	if corr == "" {
@@ -142,7 +145,7 @@ func (e *Emulator) aadHandler() http.Handler {
 		op, ident := "", ""
 		rec := &statusRecorder{ResponseWriter: w, status: 200}
 		defer func() {
-			e.counters.inc(CounterKey{Service: ServiceAAD, Operation: op, Resource: tenant, Identity: ident, Status: rec.status})
+			e.counters.inc(CounterKey{Service: ServiceAAD, Operation: op, Resource: tenant, Identity: ident, Subject: rec.subject, Code: rec.code, Status: rec.status})
 			e.log.V(1).Info("aad call", "method", r.Method, "path", r.URL.Path, "op", op, "tenant", tenant,
 				"client", ident, "status", rec.status, "duration", time.Since(start))
 		}()
@@ -297,6 +300,14 @@ func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request, tenant str
 			return
 		}
 	}
+	if as := f.Get("client_assertion"); as != "" && f.Get("client_secret") == "" && isFederatedAssertion(as, clientID) {
+		if t := f.Get("client_assertion_type"); t != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+			writeAADError(w, r, &aadErr{400, "invalid_request", 50027, fmt.Sprintf("Invalid client_assertion_type '%s'; use urn:ietf:params:oauth:client-assertion-type:jwt-bearer.", t)})
+			return
+		}
+		e.serveFederatedToken(w, r, tenant, clientID, resource, as, v2)
+		return
+	}
 	e.mu.RLock()
 	p := e.principals[strings.ToLower(clientID)]
 	e.mu.RUnlock()
@@ -396,7 +407,9 @@ var errKeyNotFound = errors.New("assertion signing key not registered")
 
 type statusRecorder struct {
 	http.ResponseWriter
-	status int
+	status  int
+	subject string // AAD: the federated assertion's sub, for counters
+	code    int    // AAD: the AADSTS code answered
 }
 
 func (s *statusRecorder) WriteHeader(c int) {

@@ -209,8 +209,9 @@ func (e *Emulator) adminHandler() http.Handler {
 	mux.HandleFunc("GET /counters", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		st, _ := strconv.Atoi(q.Get("status"))
+		code, _ := strconv.Atoi(q.Get("code"))
 		k := CounterKey{Service: q.Get("service"), Operation: q.Get("operation"), Kind: q.Get("kind"),
-			Resource: q.Get("resource"), Identity: q.Get("identity"), Status: st}
+			Resource: q.Get("resource"), Identity: q.Get("identity"), Subject: q.Get("subject"), Code: code, Status: st}
 		var sel []CounterEntry
 		for _, c := range e.Counters() {
 			if c.matches(k) {
@@ -318,6 +319,7 @@ func (e *Emulator) adminHandler() http.Handler {
 		}
 		writeJSON(w, 200, map[string]any{"identities": ids})
 	})
+	e.ficAdmin(mux, fail, status)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.log.V(1).Info("admin call", "method", r.Method, "path", r.URL.Path, "query", r.URL.RawQuery)
 		mux.ServeHTTP(w, r)

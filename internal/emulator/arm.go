@@ -31,6 +31,7 @@ type armRoute struct {
 	target        string // "vm", "vmss", "vmssvm", "vmssvms", "vms", "vmsss", "op", "uami", "uamis"
 	instance      string
 	opID          string
+	child         string // federated identity credential name
 }
 
 func writeARMError(w http.ResponseWriter, e *ARMError) {
@@ -107,6 +108,10 @@ func parseARMPath(method, path string) *armRoute {
 			rt.target, rt.op, rt.name = "uami", OpIdentityPut, s[7]
 		case len(l) == 8 && method == http.MethodDelete:
 			rt.target, rt.op, rt.name = "uami", OpIdentityDel, s[7]
+		case len(l) == 9 && l[8] == "federatedidentitycredentials" && get:
+			rt.target, rt.op, rt.name = "fics", OpFICList, s[7]
+		case len(l) == 10 && l[8] == "federatedidentitycredentials" && ficOps[method] != "":
+			rt.target, rt.op, rt.name, rt.child = "fic", ficOps[method], s[7], s[9]
 		default:
 			return nil
 		}
@@ -140,7 +145,7 @@ func (e *Emulator) authenticateARM(r *http.Request) (*armCaller, *ARMError) {
 		return nil, &ARMError{401, "InvalidAuthenticationToken", "The access token is invalid. It must be issued by the emulator's AAD (" + e.aadURL + ").", nil}
 	}
 	aud, _ := claims["aud"].(string)
-	if a := strings.TrimSuffix(strings.ToLower(aud), "/"); a != "https://management.azure.com" && a != "https://management.core.windows.net" {
+	if !e.armAudience(aud) {
 		return nil, &ARMError{401, "InvalidAuthenticationTokenAudience", fmt.Sprintf("The access token has been obtained for wrong audience or resource '%s'. It should exactly match with one of the allowed audiences 'https://management.core.windows.net/','https://management.core.windows.net','https://management.azure.com/','https://management.azure.com'.", aud), nil}
 	}
 	exp, _ := claims.GetExpirationTime()
@@ -170,7 +175,7 @@ func (e *Emulator) armHandler() http.Handler {
 		h.Set("x-ms-request-id", randomID())
 		h.Set("x-ms-correlation-request-id", or(r.Header.Get("x-ms-correlation-request-id"), randomID()))
 		if rt == nil {
-			writeARMError(rec, &ARMError{404, "InvalidResourceType", fmt.Sprintf("The emulator does not serve %s %s: it serves virtualMachines, virtualMachineScaleSets (and their virtualMachines), userAssignedIdentities and Compute operation status.", r.Method, r.URL.Path), nil})
+			writeARMError(rec, &ARMError{404, "InvalidResourceType", fmt.Sprintf("The emulator does not serve %s %s: it serves virtualMachines, virtualMachineScaleSets (and their virtualMachines), userAssignedIdentities (and their federatedIdentityCredentials) and Compute operation status.", r.Method, r.URL.Path), nil})
 			return
 		}
 		c, aerr := e.authenticateARM(r)
@@ -221,6 +226,8 @@ func (e *Emulator) armHandler() http.Handler {
 			e.serveInstances(rec, rt)
 		case "uami", "uamis":
 			e.serveIdentity(rec, r, rt)
+		case "fic", "fics":
+			e.serveFIC(rec, r, rt)
 		}
 	})
 }

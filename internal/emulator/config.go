@@ -42,6 +42,16 @@ type Config struct {
 	VirtualMachineScaleSets []VMSSConfig      `json:"virtualMachineScaleSets,omitempty"`
 	UserAssignedIdentities  []IdentityConfig  `json:"userAssignedIdentities,omitempty"`
 	ServicePrincipals       []PrincipalConfig `json:"servicePrincipals,omitempty"`
+	// AppRegistrations are applications that authenticate only with federated identity
+	// credentials (no secret, no certificate): workload identity federation for service principals.
+	AppRegistrations []AppRegistrationConfig `json:"appRegistrations,omitempty"`
+
+	// IssuerCAs are PEM certificates (inline PEM or a file path) trusted, besides the system
+	// roots, when Azure AD fetches an external issuer's discovery document and JWKS.
+	IssuerCAs []string `json:"issuerCAs,omitempty"`
+	// ARMAudiences are further token audiences ARM accepts, e.g. an environment file's
+	// tokenAudience; the emulator's own ARM URL (with or without a trailing slash) always is one.
+	ARMAudiences []string `json:"armAudiences,omitempty"`
 
 	Timing     Timing     `json:"timing,omitempty"`
 	Throttling Throttling `json:"throttling,omitempty"`
@@ -86,6 +96,27 @@ type IdentityConfig struct {
 	ClientID       string `json:"clientID,omitempty"`
 	PrincipalID    string `json:"principalID,omitempty"`
 	TenantID       string `json:"tenantID,omitempty"`
+	// FederatedCredentials exist from the start, as if created through ARM.
+	FederatedCredentials []FederatedCredentialConfig `json:"federatedCredentials,omitempty"`
+}
+
+// FederatedCredentialConfig is one federated identity credential: Azure AD exchanges an external
+// token whose iss, sub and aud equal Issuer, Subject and the audience, byte for byte.
+type FederatedCredentialConfig struct {
+	Name    string `json:"name"`
+	Issuer  string `json:"issuer"`
+	Subject string `json:"subject"`
+	// Audiences defaults to [api://AzureADTokenExchange]; exactly one is allowed.
+	Audiences   []string `json:"audiences,omitempty"`
+	Description string   `json:"description,omitempty"`
+}
+
+// AppRegistrationConfig is an application that authenticates with federated credentials only.
+type AppRegistrationConfig struct {
+	ClientID             string                      `json:"clientID"`
+	ObjectID             string                      `json:"objectID,omitempty"`
+	TenantID             string                      `json:"tenantID,omitempty"`
+	FederatedCredentials []FederatedCredentialConfig `json:"federatedCredentials,omitempty"`
 }
 
 // PrincipalConfig is an AAD application/service principal that can get tokens with a secret or a
@@ -104,6 +135,8 @@ type PrincipalConfig struct {
 	// DeniedIdentities are identities (names or IDs) this principal may not assign; assigning one
 	// gives LinkedAuthorizationFailed. Everything else is allowed.
 	DeniedIdentities []string `json:"deniedIdentities,omitempty"`
+	// FederatedCredentials let the application exchange external tokens (as on an app registration).
+	FederatedCredentials []FederatedCredentialConfig `json:"federatedCredentials,omitempty"`
 }
 
 // Duration is a time.Duration that reads and writes as a Go duration string ("1.5s").
@@ -153,6 +186,15 @@ type Timing struct {
 	// that of managed-identity tokens (default 24h).
 	TokenLifetime     Duration `json:"tokenLifetime,omitempty"`
 	IMDSTokenLifetime Duration `json:"imdsTokenLifetime,omitempty"`
+	// FICWrite is how long a federated identity credential write holds its identity: another
+	// write to the same identity meanwhile gets 409, as concurrent writes do on Azure.
+	FICWrite Duration `json:"ficWrite,omitempty"`
+	// FICPropagation is how long after its creation a federated credential still answers
+	// AADSTS70021 (real Azure AD: seconds to minutes).
+	FICPropagation Duration `json:"ficPropagation,omitempty"`
+	// IssuerKeyCache is how long Azure AD keeps an external issuer's keys; zero fetches the
+	// discovery document and JWKS on every exchange.
+	IssuerKeyCache Duration `json:"issuerKeyCache,omitempty"`
 }
 
 // RealisticTiming returns the durations documented for the real service (VM 15 s, VMSS 50 s,
@@ -270,6 +312,11 @@ func (c *Config) validate() error {
 	for _, p := range c.ServicePrincipals {
 		if p.AppID == "" {
 			errs = append(errs, &ConfigError{"service principal without appID: set appID to a GUID"})
+		}
+	}
+	for _, a := range c.AppRegistrations {
+		if a.ClientID == "" {
+			errs = append(errs, &ConfigError{"app registration without clientID: set clientID to a GUID"})
 		}
 	}
 	return errors.Join(errs...)

@@ -51,6 +51,7 @@ type Emulator struct {
 	imdsMu   sync.Mutex
 	imds     map[string]*imdsEndpoint // canonical host key → endpoint
 	armAuth  sync.Map                 // bearer token → *armCaller, so ARM GETs skip RSA verification
+	issuers  issuerTrust              // external OIDC issuers: trusted CAs and cached keys
 
 	servers  []*http.Server
 	armURL   string
@@ -86,7 +87,10 @@ func New(cfg Config) (*Emulator, error) {
 		e.tenants[strings.ToLower(t)] = true
 	}
 	for _, ic := range cfg.UserAssignedIdentities {
-		e.createIdentityLocked(ic)
+		idn := e.createIdentityLocked(ic)
+		if err := idn.FICs.preload(ic.FederatedCredentials, "identity "+ic.Name); err != nil {
+			return nil, err
+		}
 	}
 	for _, v := range cfg.VirtualMachines {
 		sub, rg := or(v.SubscriptionID, cfg.SubscriptionID), or(v.ResourceGroup, cfg.ResourceGroup)
@@ -116,6 +120,15 @@ func New(cfg Config) (*Emulator, error) {
 		if err := e.addPrincipal(pc); err != nil {
 			return nil, err
 		}
+	}
+	for _, a := range cfg.AppRegistrations {
+		pc := PrincipalConfig{AppID: a.ClientID, ObjectID: a.ObjectID, TenantID: a.TenantID, FederatedCredentials: a.FederatedCredentials}
+		if err := e.addPrincipal(pc); err != nil {
+			return nil, err
+		}
+	}
+	if err := e.initIssuerTrust(); err != nil {
+		return nil, err
 	}
 	return e, nil
 }
@@ -209,6 +222,9 @@ func (e *Emulator) addPrincipal(pc PrincipalConfig) error {
 	for _, t := range append([]string{p.TenantID}, pc.Tenants...) {
 		p.Tenants[strings.ToLower(t)] = t
 		e.tenants[strings.ToLower(t)] = true
+	}
+	if err := p.FICs.preload(pc.FederatedCredentials, "service principal "+pc.AppID); err != nil {
+		return err
 	}
 	e.principals[strings.ToLower(p.AppID)] = p
 	e.byOID[strings.ToLower(p.ObjectID)] = p

@@ -31,6 +31,10 @@ const (
 	OpIdentityPut  = "UserAssignedIdentities.CreateOrUpdate"
 	OpIdentityDel  = "UserAssignedIdentities.Delete"
 	OpIdentityList = "UserAssignedIdentities.List"
+	OpFICGet       = "FederatedIdentityCredentials.Get"
+	OpFICPut       = "FederatedIdentityCredentials.CreateOrUpdate"
+	OpFICDel       = "FederatedIdentityCredentials.Delete"
+	OpFICList      = "FederatedIdentityCredentials.List"
 	OpAADToken     = "Token"
 	OpAADOpenID    = "OpenIDConfiguration"
 	OpAADDiscovery = "InstanceDiscovery"
@@ -50,7 +54,11 @@ type CounterKey struct {
 	Resource string `json:"resource,omitempty"`
 	// Identity is the client ID of the identity or application the call was for, when known.
 	Identity string `json:"identity,omitempty"`
-	Status   int    `json:"status"`
+	// Subject is a federated assertion's sub (AAD token exchanges).
+	Subject string `json:"subject,omitempty"`
+	// Code is the AADSTS code of an AAD error answer (0: success, or not AAD).
+	Code   int `json:"code,omitempty"`
+	Status int `json:"status"`
 }
 
 // CounterEntry is one counter value.
@@ -89,6 +97,8 @@ func (k CounterKey) matches(q CounterKey) bool {
 		(q.Kind == "" || q.Kind == k.Kind) &&
 		(q.Resource == "" || strings.EqualFold(q.Resource, k.Resource)) &&
 		(q.Identity == "" || strings.EqualFold(q.Identity, k.Identity)) &&
+		(q.Subject == "" || q.Subject == k.Subject) &&
+		(q.Code == 0 || q.Code == k.Code) &&
 		(q.Status == 0 || q.Status == k.Status)
 }
 

@@ -44,6 +44,7 @@ func ComputerName(vmss string, instance int) string {
 type identity struct {
 	ID, Name, Sub, RG, Location, TenantID, ClientID, PrincipalID string
 	Generation                                                   int
+	FICs                                                         ficSet // deleted with the identity, as child resources are
 }
 
 // assignment is one entry of a resource's userAssignedIdentities map.
@@ -123,6 +124,7 @@ type principal struct {
 	Secrets                []string
 	CertsSHA1, CertsSHA256 map[string]*certInfo
 	Denied                 map[string]bool // lower identity IDs
+	FICs                   ficSet
 }
 
 // objectIDIn is the principal's object ID in a tenant: a multi-tenant app has a service principal
