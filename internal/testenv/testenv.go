@@ -99,6 +99,9 @@ func Start() (*Env, error) {
 		ControlPlaneStartTimeout: 2 * time.Minute,
 		ControlPlaneStopTimeout:  time.Minute,
 	}
+	if err := publishJWKSOnLoopback(e); err != nil {
+		return nil, err
+	}
 	cfg, err := e.Start()
 	if err != nil {
 		// envtest leaves etcd and kube-apiserver running when a later step (CRD install) fails.
