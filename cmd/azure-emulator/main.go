@@ -28,6 +28,8 @@ type options struct {
 	imdsAll    bool
 	fast       bool
 	throttling bool
+	issuerCAs  []string
+	armAuds    []string
 }
 
 func (o *options) AddFlags(fs *pflag.FlagSet) {
@@ -40,6 +42,8 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.imdsAll, "imds-all", true, "serve an IMDS endpoint on a free loopback port for every VM and VMSS instance not named by --imds")
 	fs.BoolVar(&o.fast, "fast", false, "use the fast test timings instead of the world file's")
 	fs.BoolVar(&o.throttling, "throttling", false, "enable ARM throttling with the documented limits when the world file sets none")
+	fs.StringArrayVar(&o.issuerCAs, "issuer-ca", nil, "PEM file of a CA trusted when Azure AD fetches an external token issuer's discovery document and JWKS (e.g. a kube-apiserver's CA); repeatable, added to the world file's issuerCAs")
+	fs.StringArrayVar(&o.armAuds, "arm-audience", nil, "a further token audience ARM accepts, e.g. an environment file's tokenAudience; repeatable, added to the world file's armAudiences")
 }
 
 func (o *options) validate() error {
@@ -93,6 +97,8 @@ func run(o *options) error {
 	if o.throttling && !cfg.Throttling.Enabled {
 		cfg.Throttling = emulator.DefaultThrottling()
 	}
+	cfg.IssuerCAs = append(cfg.IssuerCAs, o.issuerCAs...)
+	cfg.ARMAudiences = append(cfg.ARMAudiences, o.armAuds...)
 	e, err := emulator.New(cfg)
 	if err != nil {
 		return err

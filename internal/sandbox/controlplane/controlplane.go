@@ -44,6 +44,10 @@ type ControlPlane struct {
 	Config *rest.Config
 	// APIPort is kube-apiserver's port on 127.0.0.1.
 	APIPort int
+	// Issuer is the service-account issuer (IssuerURL(APIPort)); its discovery document and
+	// JWKS are readable without credentials. CAPEM verifies the apiserver's certificate.
+	Issuer string
+	CAPEM  []byte
 
 	procs []*proc.Process
 }
@@ -156,19 +160,23 @@ func Start(ctx context.Context, o Options) (_ *ControlPlane, err error) {
 	o.Progress("etcd ready on %s (%s)", etcdURL, time.Since(t0).Round(100*time.Millisecond))
 
 	t0 = time.Now()
-	api, err := start("kube-apiserver",
+	issuer, err := issuerFlags(o.Dir, apiPort)
+	if err != nil {
+		return nil, err
+	}
+	cp.Issuer, cp.CAPEM = IssuerURL(apiPort), p.caPEM
+	api, err := start("kube-apiserver", append(issuer,
 		"--etcd-servers="+etcdURL,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--secure-port="+strconv.Itoa(apiPort),
 		"--tls-cert-file="+p.Serving, "--tls-private-key-file="+p.ServingKey,
 		"--client-ca-file="+p.CA,
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file="+p.SAPub, "--service-account-signing-key-file="+p.SAKey,
 		"--service-cluster-ip-range="+o.ServiceCIDR,
 		// Nothing routes to the apiserver's advertised address from pods, and a single apiserver
 		// needs no endpoint lease: keep the kubernetes Service static.
 		"--endpoint-reconciler-type=none",
 		"--authorization-mode=Node,RBAC", "--allow-privileged=true",
-		"--profiling=false", "--v=0")
+		"--profiling=false", "--v=0")...)
 	if err != nil {
 		return nil, err
 	}
@@ -186,7 +194,10 @@ func Start(ctx context.Context, o Options) (_ *ControlPlane, err error) {
 	if err := wait(api, httpOK(admin, cfg.Host+"/readyz")); err != nil {
 		return nil, err
 	}
-	o.Progress("kube-apiserver ready on %s (%s)", cfg.Host, time.Since(t0).Round(100*time.Millisecond))
+	if err := publishIssuer(ctx, cfg); err != nil {
+		return nil, err
+	}
+	o.Progress("kube-apiserver ready on %s (%s), issuer %s", cfg.Host, time.Since(t0).Round(100*time.Millisecond), cp.Issuer)
 
 	cp.Kubeconfig = filepath.Join(o.Dir, "kubeconfig")
 	if err := writeKubeconfig(cp.Kubeconfig, cfg.Host, p); err != nil {
