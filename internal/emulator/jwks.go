@@ -120,7 +120,11 @@ func (e *Emulator) issuerKeys(ctx context.Context, iss string) (map[string]crypt
 
 // issuerClient trusts pool and dials loopback only (also after redirects or a jwks_uri elsewhere).
 func issuerClient(pool *x509.CertPool) *http.Client {
-	d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, address string, _ syscall.RawConn) error {
+	// No DNS either: names resolve from /etc/hosts only (localhost), never through a name server.
+	noDNS := &net.Resolver{PreferGo: true, Dial: func(context.Context, string, string) (net.Conn, error) {
+		return nil, fmt.Errorf("DNS lookup: %w", errNotLoopback)
+	}}
+	d := &net.Dialer{Timeout: 5 * time.Second, Resolver: noDNS, Control: func(_, address string, _ syscall.RawConn) error {
 		h, _, err := net.SplitHostPort(address)
 		if ip := net.ParseIP(h); err != nil || ip == nil || !ip.IsLoopback() {
 			return fmt.Errorf("dial %s: %w", address, errNotLoopback)
