@@ -496,6 +496,12 @@ func TestSampleWorldFileLoadsAndServesEveryHost(t *testing.T) {
 	if i, err := e.Identity("demo-identity"); err != nil || i.ClientID != "9a2c3b1e-0f0e-4c1f-8e0d-5d4c3b2a1f00" {
 		t.Errorf("demo-identity = %+v, %v", i, err)
 	}
+	if f, err := e.FederatedCredentials("keyvault-reader"); err != nil || len(f) != 1 || f[0].Subject != "system:serviceaccount:demo:web" {
+		t.Errorf("keyvault-reader federated credentials = %+v, %v", f, err)
+	}
+	if f, err := e.FederatedCredentials("5d6e7f80-9a1b-4c2d-8e3f-405162738495"); err != nil || len(f) != 1 {
+		t.Errorf("app registration federated credentials = %+v, %v", f, err)
+	}
 	if _, err := Load("../../examples/emulator/nope.yaml"); err == nil {
 		t.Error("loading a missing file should fail")
 	}
