@@ -301,7 +301,12 @@ func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request, tenant str
 		}
 	}
 	if as := f.Get("client_assertion"); as != "" && f.Get("client_secret") == "" && isFederatedAssertion(as, clientID) {
-		if t := f.Get("client_assertion_type"); t != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+		switch t := f.Get("client_assertion_type"); t {
+		case "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+		case "":
+			writeAADError(w, r, &aadErr{400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_assertion_type'."})
+			return
+		default:
 			writeAADError(w, r, &aadErr{400, "invalid_request", 50027, fmt.Sprintf("Invalid client_assertion_type '%s'; use urn:ietf:params:oauth:client-assertion-type:jwt-bearer.", t)})
 			return
 		}

@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -350,5 +351,33 @@ func TestFederatedExchangeFaults(t *testing.T) {
 	}
 	if r := post(); r.StatusCode != 200 {
 		t.Errorf("after the fault: %d, want 200", r.StatusCode)
+	}
+}
+
+// The v1 endpoint takes resource instead of scope and answers v1's string-valued shape; a
+// missing client_assertion_type is AADSTS900144.
+func TestFederatedExchangeV1AndMissingAssertionType(t *testing.T) {
+	w := newFedWorld(t, nil)
+	as := sign(t, "RS256", "rsa-1", w.rsaKey, w.claims())
+	post := func(path string, form url.Values) (int, map[string]any) {
+		resp, err := w.e.HTTPClient().PostForm(w.e.AADURL()+"/"+w.e.Config().TenantID+path, form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		var body map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		return resp.StatusCode, body
+	}
+	st, body := post("/oauth2/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {w.mi.ClientID},
+		"resource": {"https://management.azure.com/"}, "client_assertion": {as},
+		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}})
+	if st != 200 || body["resource"] != "https://management.azure.com/" || body["access_token"] == nil {
+		t.Errorf("v1 exchange: %d %v", st, body)
+	}
+	st, body = post("/oauth2/v2.0/token", url.Values{"grant_type": {"client_credentials"}, "client_id": {w.mi.ClientID},
+		"scope": {"https://management.azure.com/.default"}, "client_assertion": {as}})
+	if codes, _ := body["error_codes"].([]any); st != 400 || len(codes) != 1 || codes[0] != float64(900144) {
+		t.Errorf("without client_assertion_type: %d %v", st, body)
 	}
 }
