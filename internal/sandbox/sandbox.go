@@ -177,10 +177,13 @@ type Sandbox struct {
 	ControlPlaneDir string
 	Config          *rest.Config
 	Client          kubernetes.Interface
-	Emulator        *emulator.Emulator
-	Network         *topology.Network
-	Nodes           []*Node
-	MIC             []*Component
+	// Issuer is the apiserver's service-account issuer, whose discovery the emulator's Azure AD
+	// fetches (and trusts) for federated exchanges.
+	Issuer   string
+	Emulator *emulator.Emulator
+	Network  *topology.Network
+	Nodes    []*Node
+	MIC      []*Component
 	// Started is when Start began; Ready when it returned.
 	Started, Ready time.Time
 
@@ -269,7 +272,7 @@ func Start(ctx context.Context, o Options) (_ *Sandbox, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s.Kubeconfig, s.Config = s.cp.Kubeconfig, s.cp.Config
+	s.Kubeconfig, s.Config, s.Issuer = s.cp.Kubeconfig, s.cp.Config, s.cp.Issuer
 	if s.Client, err = kubernetes.NewForConfig(s.Config); err != nil {
 		return nil, err
 	}
@@ -282,6 +285,11 @@ func Start(ctx context.Context, o Options) (_ *Sandbox, err error) {
 
 	if err := s.startEmulator(); err != nil {
 		return nil, err
+	}
+	// Federated exchanges fetch the apiserver's issuer discovery over HTTPS, as Azure AD fetches
+	// an AKS cluster's.
+	if err := s.Emulator.TrustIssuerCA(s.cp.CAPEM); err != nil {
+		return nil, fmt.Errorf("trusting the apiserver's CA for its issuer discovery: %w", err)
 	}
 	if s.Network, err = topology.Build(ctx, s.prefix, len(nodesOf(s.Emulator.Config()))); err != nil {
 		return nil, fmt.Errorf("building the sandbox network: %w", err)
