@@ -235,6 +235,11 @@ func TestInvalidObjectsAreRefusedWithMessagesThatSayWhatToFix(t *testing.T) {
 	binding := func(identity, selector string) client.Object {
 		return testenv.NewBinding(ns, "bad", identity, selector)
 	}
+	saBinding := func(identity, selector, sa string) client.Object {
+		b := testenv.NewBinding(ns, "bad", identity, selector)
+		b.Spec.ServiceAccountName = sa
+		return b
+	}
 	cases := []struct {
 		name string
 		obj  client.Object
@@ -264,7 +269,10 @@ func TestInvalidObjectsAreRefusedWithMessagesThatSayWhatToFix(t *testing.T) {
 		}), []string{"spec.clientPassword.name is required"}},
 		{"auxiliary tenants on a managed identity", msi(func(s *aadv1.AzureIdentitySpec) { s.AuxiliaryTenantIDs = []string{tenantID} }),
 			[]string{"spec.auxiliaryTenantIDs is only supported for a service principal with a client secret"}},
-		{"binding without selector", binding("id", ""), []string{"spec.selector is required", "aadpodidbinding"}},
+		{"binding without selector", binding("id", ""), []string{"spec.selector is required unless spec.serviceAccountName is set", "aadpodidbinding"}},
+		{"binding with neither selector nor ServiceAccount", saBinding("id", "", ""), []string{"spec.selector is required unless spec.serviceAccountName is set", "set spec.serviceAccountName"}},
+		{"binding naming an invalid ServiceAccount", saBinding("id", "", "My_SA"), []string{"spec.serviceAccountName", "name of a ServiceAccount"}},
+		{"ServiceAccount binding with a selector no label can carry", saBinding("id", "not a label value!", "app"), []string{"spec.selector", "valid label value"}},
 		{"binding with a selector no label can carry", binding("id", "not a label value!"), []string{"spec.selector", "valid label value"}},
 		{"binding without identity", binding("", "sel"), []string{"spec.azureIdentity is required"}},
 		{"binding naming an invalid object name", binding("My_Identity", "sel"), []string{"spec.azureIdentity", "name of an AzureIdentity"}},
@@ -295,7 +303,7 @@ func TestPrinterColumnsMatchUpstream(t *testing.T) {
 	env.Create(t, testenv.NewBinding(ns, "b1", "id1", "sel"))
 	want := map[string][]string{
 		"azureidentities":            {"Name", "Type", "ClientID", "Age"},
-		"azureidentitybindings":      {"Name", "AzureIdentity", "Selector", "Age"},
+		"azureidentitybindings":      {"Name", "AzureIdentity", "Selector", "ServiceAccount", "Age"},
 		"azureassignedidentities":    {"Name", "Pod", "PodNamespace", "Node", "Identity", "Status", "Age"},
 		"azurepodidentityexceptions": {"Name", "Age"},
 	}

@@ -126,11 +126,14 @@ type AzureIdentityList struct {
 	Items           []AzureIdentity `json:"items"`
 }
 
-// AzureIdentityBindingSpec binds pods whose aadpodidbinding label equals Selector to the
-// AzureIdentity named AzureIdentity in the binding's namespace.
+// AzureIdentityBindingSpec binds pods whose aadpodidbinding label equals Selector, and/or that
+// run as ServiceAccountName in the binding's namespace, to the AzureIdentity named AzureIdentity
+// in the binding's namespace.
 //
 // +kubebuilder:validation:XValidation:rule="has(self.azureIdentity) && self.azureIdentity.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self.azureIdentity) <= 253",message="spec.azureIdentity is required and must be the name of an AzureIdentity in the binding's namespace (lowercase letters, digits, '-' and '.')",fieldPath=".azureIdentity",reason="FieldValueInvalid"
-// +kubebuilder:validation:XValidation:rule="has(self.selector) && self.selector.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && size(self.selector) <= 63",message="spec.selector is required and must be a valid label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit): pods select this binding with the label aadpodidbinding=<selector>",fieldPath=".selector",reason="FieldValueInvalid"
+// +kubebuilder:validation:XValidation:rule="(has(self.selector) && size(self.selector) > 0) || (has(self.serviceAccountName) && size(self.serviceAccountName) > 0)",message="spec.selector is required unless spec.serviceAccountName is set: set spec.serviceAccountName to bind the pods of this namespace that run as that ServiceAccount (recommended), and/or spec.selector to bind pods labelled aadpodidbinding=<selector>",fieldPath=".selector",reason="FieldValueRequired"
+// +kubebuilder:validation:XValidation:rule="!has(self.selector) || size(self.selector) == 0 || (self.selector.matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && size(self.selector) <= 63)",message="spec.selector must be a valid label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit): pods select this binding with the label aadpodidbinding=<selector>",fieldPath=".selector",reason="FieldValueInvalid"
+// +kubebuilder:validation:XValidation:rule="!has(self.serviceAccountName) || size(self.serviceAccountName) == 0 || (self.serviceAccountName.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$') && size(self.serviceAccountName) <= 253)",message="spec.serviceAccountName must be the name of a ServiceAccount in the binding's namespace (lowercase letters, digits, '-' and '.')",fieldPath=".serviceAccountName",reason="FieldValueInvalid"
 type AzureIdentityBindingSpec struct {
 	// AzureIdentity is the name of the AzureIdentity, in the binding's namespace.
 	// +kubebuilder:validation:MaxLength=253
@@ -138,11 +141,22 @@ type AzureIdentityBindingSpec struct {
 	AzureIdentity string `json:"azureIdentity,omitempty"`
 
 	// Selector is compared, as a plain string, with the value of the pod label aadpodidbinding.
+	// Optional when ServiceAccountName is set; then both must match.
 	// +kubebuilder:validation:MaxLength=63
 	// +optional
 	Selector string `json:"selector,omitempty"`
 
-	// Weight is accepted for compatibility and unused.
+	// ServiceAccountName, when set, restricts the binding to pods in the binding's own namespace
+	// whose spec.serviceAccountName is this name ("default" when a pod names none), whatever the
+	// namespaced setting. Who may run pods as a ServiceAccount is decided by RBAC, unlike a label,
+	// which every pod author can copy.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+
+	// Weight orders the identities of a pod that several bindings match: a token request that
+	// names no identity gets the one whose binding has the highest weight (ties: by the
+	// identity's namespace, then name).
 	// +optional
 	Weight int `json:"weight,omitempty"`
 }
@@ -153,12 +167,14 @@ type AzureIdentityBindingStatus struct {
 	AvailableReplicas int32 `json:"availableReplicas,omitempty"`
 }
 
-// AzureIdentityBinding binds pods, by their aadpodidbinding label, to an AzureIdentity.
+// AzureIdentityBinding binds pods, by their aadpodidbinding label and/or their ServiceAccount, to
+// an AzureIdentity.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:metadata:annotations="api-approved.kubernetes.io=unapproved"
 // +kubebuilder:printcolumn:name="AzureIdentity",type=string,JSONPath=`.spec.azureIdentity`
 // +kubebuilder:printcolumn:name="Selector",type=string,JSONPath=`.spec.selector`
+// +kubebuilder:printcolumn:name="ServiceAccount",type=string,JSONPath=`.spec.serviceAccountName`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type AzureIdentityBinding struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -1,6 +1,7 @@
-// Package binding decides which identities a pod may use: pods ↔ AzureIdentityBindings ↔
-// AzureIdentities (with namespaced mode and the per-identity annotation), the names MIC gives
-// AzureAssignedIdentities, and AzurePodIdentityException matching.
+// Package binding decides which identities a pod may use: pods ↔ AzureIdentityBindings (by label
+// and/or ServiceAccount, see Select) ↔ AzureIdentities (with namespaced mode and the per-identity
+// annotation), the names MIC gives AzureAssignedIdentities, and AzurePodIdentityException
+// matching.
 //
 // It is pure (plain values in, plain values out; no client-go, no Azure SDK) so that MIC and NMI
 // share one definition of "this pod is bound to that identity".
@@ -8,7 +9,7 @@ package binding
 
 import (
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
@@ -23,6 +24,9 @@ type Options struct {
 	// ForceNamespaced is --forceNamespaced (or FORCENAMESPACED=true): every identity, binding and
 	// pod must share one namespace.
 	ForceNamespaced bool
+	// RequireServiceAccount is --require-service-account-bindings: bindings without
+	// spec.serviceAccountName grant nothing.
+	RequireServiceAccount bool
 }
 
 // Namespaced reports whether id only matches bindings and pods of its own namespace: either
@@ -72,8 +76,9 @@ type Skipped struct {
 
 // Result is what a pod is bound to.
 type Result struct {
-	// Matches are ordered by binding namespace, then binding name, so every caller sees the same
-	// order (it decides which identity wins an AzureAssignedIdentity name collision).
+	// Matches are ordered by Compare on their bindings (weight, then namespace, then name), so
+	// every caller sees the same order (it decides which identity wins an AzureAssignedIdentity
+	// name collision).
 	Matches []Match
 	Skipped []Skipped
 }
@@ -85,17 +90,27 @@ type candidate struct {
 	namespaced bool
 }
 
-// Index answers "what is a pod with this label bound to" in time proportional to the number of
-// bindings with that selector. It is immutable after NewIndex and safe for concurrent use.
+type saKey struct{ namespace, name string }
+
+// Index answers "what is this pod bound to" in time proportional to the number of bindings with
+// its selector or its ServiceAccount. It is immutable after NewIndex and safe for concurrent use.
 type Index struct {
+	opts Options
+	// bySelector holds label-only bindings by selector; bySA ServiceAccount bindings by
+	// (binding namespace, ServiceAccount).
 	bySelector map[string][]candidate
+	bySA       map[saKey][]candidate
 	// plain holds, per selector, the Result when no candidate needs a namespace check, so that
 	// the common case allocates nothing per pod. Callers must not modify returned slices.
 	plain map[string]*Result
+	// ignored are the label-only bindings that RequireServiceAccount turns off.
+	ignored []*aadv1.AzureIdentityBinding
 }
 
-// NewIndex indexes bindings by selector and resolves each binding's identity in the binding's
-// namespace. Nil entries are ignored.
+var empty = &Result{}
+
+// NewIndex indexes bindings by selector and ServiceAccount and resolves each binding's identity in
+// the binding's namespace. Nil entries are ignored.
 func NewIndex(bindings []*aadv1.AzureIdentityBinding, identities []*aadv1.AzureIdentity, opts Options) *Index {
 	type key struct{ ns, name string }
 	ids := make(map[key]*aadv1.AzureIdentity, len(identities))
@@ -110,22 +125,23 @@ func NewIndex(bindings []*aadv1.AzureIdentityBinding, identities []*aadv1.AzureI
 			sorted = append(sorted, b)
 		}
 	}
-	sort.Slice(sorted, func(i, j int) bool {
-		if sorted[i].Namespace != sorted[j].Namespace {
-			return sorted[i].Namespace < sorted[j].Namespace
-		}
-		return sorted[i].Name < sorted[j].Name
-	})
-	x := &Index{bySelector: map[string][]candidate{}, plain: map[string]*Result{}}
+	slices.SortFunc(sorted, Compare)
+	x := &Index{opts: opts, bySelector: map[string][]candidate{}, bySA: map[saKey][]candidate{}, plain: map[string]*Result{}}
 	for _, b := range sorted {
-		if b.Spec.Selector == "" {
-			continue
-		}
 		c := candidate{binding: b, identity: ids[key{b.Namespace, b.Spec.AzureIdentity}]}
 		if c.identity != nil {
 			c.namespaced = Namespaced(c.identity, opts.ForceNamespaced)
 		}
-		x.bySelector[b.Spec.Selector] = append(x.bySelector[b.Spec.Selector], c)
+		switch {
+		case !LabelOnly(b):
+			k := saKey{b.Namespace, b.Spec.ServiceAccountName}
+			x.bySA[k] = append(x.bySA[k], c)
+		case b.Spec.Selector == "":
+		case opts.RequireServiceAccount:
+			x.ignored = append(x.ignored, b)
+		default:
+			x.bySelector[b.Spec.Selector] = append(x.bySelector[b.Spec.Selector], c)
+		}
 	}
 	for sel, cs := range x.bySelector {
 		needsNS := false
@@ -133,31 +149,55 @@ func NewIndex(bindings []*aadv1.AzureIdentityBinding, identities []*aadv1.AzureI
 			needsNS = needsNS || c.namespaced
 		}
 		if !needsNS {
-			x.plain[sel] = x.resolve("", cs)
+			x.plain[sel] = x.resolve(Pod{Selector: sel}, cs, nil)
 		}
 	}
 	return x
 }
 
-// Lookup returns what a pod in podNamespace whose aadpodidbinding label is selector is bound to.
-// An empty selector matches nothing.
-func (x *Index) Lookup(podNamespace, selector string) *Result {
-	if selector == "" {
-		return &Result{}
+// Ignored returns the label-only bindings that grant nothing because Options.RequireServiceAccount
+// is on, in Compare order.
+func (x *Index) Ignored() []*aadv1.AzureIdentityBinding { return x.ignored }
+
+// Lookup returns what pod is bound to (see Select for the rule).
+func (x *Index) Lookup(pod Pod) *Result {
+	var sa []candidate
+	if len(x.bySA) > 0 {
+		sa = x.bySA[saKey{pod.Namespace, PodServiceAccount(pod.ServiceAccount)}]
 	}
-	if r, ok := x.plain[selector]; ok {
-		return r
+	var byLabel []candidate
+	if pod.Selector != "" {
+		byLabel = x.bySelector[pod.Selector]
 	}
-	return x.resolve(podNamespace, x.bySelector[selector])
+	if len(sa) == 0 {
+		if len(byLabel) == 0 {
+			return empty
+		}
+		if r, ok := x.plain[pod.Selector]; ok {
+			return r
+		}
+	}
+	return x.resolve(pod, byLabel, sa)
 }
 
-func (x *Index) resolve(podNamespace string, cs []candidate) *Result {
+// resolve checks each candidate with Select and the identity's namespace rule; the two lists are
+// each in Compare order and are merged in that order.
+func (x *Index) resolve(pod Pod, a, b []candidate) *Result {
 	r := &Result{}
-	for _, c := range cs {
+	for len(a) > 0 || len(b) > 0 {
+		var c candidate
+		if len(b) == 0 || (len(a) > 0 && Compare(a[0].binding, b[0].binding) <= 0) {
+			c, a = a[0], a[1:]
+		} else {
+			c, b = b[0], b[1:]
+		}
+		if Select(c.binding, pod, x.opts) != Selected {
+			continue
+		}
 		switch {
 		case c.identity == nil:
 			r.Skipped = append(r.Skipped, Skipped{Binding: c.binding, Reason: MissingIdentity})
-		case c.namespaced && (c.identity.Namespace != c.binding.Namespace || c.binding.Namespace != podNamespace):
+		case c.namespaced && !IdentityAllows(c.identity, c.binding, pod.Namespace, true):
 			r.Skipped = append(r.Skipped, Skipped{Binding: c.binding, Reason: NamespaceMismatch})
 		default:
 			r.Matches = append(r.Matches, Match{Binding: c.binding, Identity: c.identity})

@@ -84,7 +84,7 @@ func TestLookup(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			x := NewIndex(tc.bindings, tc.identities, Options{ForceNamespaced: tc.force})
-			got := names(x.Lookup(tc.podNS, tc.sel))
+			got := names(x.Lookup(Pod{Namespace: tc.podNS, Selector: tc.sel}))
 			if !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("Lookup(%q, %q) = %v, want %v", tc.podNS, tc.sel, got, tc.want)
 			}
@@ -157,7 +157,7 @@ func TestIsExcepted(t *testing.T) {
 
 func TestLookupResultIsStableAcrossCalls(t *testing.T) {
 	x := NewIndex([]*aadv1.AzureIdentityBinding{bind("a", "b1", "id1", "sel")}, []*aadv1.AzureIdentity{ident("a", "id1", false)}, Options{})
-	r1, r2 := x.Lookup("a", "sel"), x.Lookup("other", "sel")
+	r1, r2 := x.Lookup(Pod{Namespace: "a", Selector: "sel"}), x.Lookup(Pod{Namespace: "other", Selector: "sel"})
 	if !reflect.DeepEqual(names(r1), names(r2)) || len(r1.Matches) != 1 {
 		t.Fatalf("non-namespaced lookups differ by pod namespace: %v vs %v", names(r1), names(r2))
 	}

@@ -18,6 +18,8 @@ type Pod struct {
 	Namespace, Name string
 	// Selector is the aadpodidbinding label value.
 	Selector string
+	// ServiceAccount is spec.serviceAccountName ("" counts as "default").
+	ServiceAccount string
 	// NodeName is spec.nodeName; empty while unscheduled.
 	NodeName string
 	// Finished is true in phase Succeeded or Failed.
@@ -37,6 +39,9 @@ type Options struct {
 	ForceNamespaced bool
 	// KeepFinishedPods keeps identities for Succeeded/Failed pods, as upstream did.
 	KeepFinishedPods bool
+	// RequireServiceAccount ignores bindings without spec.serviceAccountName (each is reported
+	// as a ProblemLabelOnlyIgnored).
+	RequireServiceAccount bool
 }
 
 // Input is one snapshot of the cluster.
@@ -95,6 +100,9 @@ const (
 	ProblemNameCollision     ProblemKind = "NameCollision"
 	ProblemUnknownNode       ProblemKind = "UnknownNode"
 	ProblemBadNode           ProblemKind = "BadNode"
+	// ProblemLabelOnlyIgnored: a binding without spec.serviceAccountName while ServiceAccount
+	// bindings are required.
+	ProblemLabelOnlyIgnored ProblemKind = "LabelOnlyBindingIgnored"
 )
 
 // Problem is bad input that affects some pods and not others. Object names the object the
@@ -122,7 +130,7 @@ const UnresolvedGroup = ""
 // the pods it concerns.
 func Compute(in Input) *State {
 	st := &State{AAIs: make(map[Key]*AAI, len(in.Pods)), Groups: map[string]*Group{}}
-	bopts := binding.Options{ForceNamespaced: in.Options.ForceNamespaced}
+	bopts := binding.Options{ForceNamespaced: in.Options.ForceNamespaced, RequireServiceAccount: in.Options.RequireServiceAccount}
 
 	// Identities with a malformed resource ID cannot be assigned; drop them like upstream but say so.
 	ids := make([]*aadv1.AzureIdentity, 0, len(in.Identities))
@@ -140,6 +148,10 @@ func Compute(in Input) *State {
 		ids = append(ids, id)
 	}
 	idx := binding.NewIndex(in.Bindings, ids, bopts)
+	for _, b := range idx.Ignored() {
+		st.Problems = append(st.Problems, Problem{Kind: ProblemLabelOnlyIgnored, ObjectKind: "AzureIdentityBinding",
+			Object: Key{b.Namespace, b.Name}, Message: binding.IgnoredMessage(b)})
+	}
 	// Per-node group and per-identity lower-cased ID are computed once, not once per pod.
 	groupOf := make(map[string]*Group, len(in.Nodes))
 	lowerID := make(map[*aadv1.AzureIdentity]string, len(ids))
@@ -159,10 +171,10 @@ func Compute(in Input) *State {
 
 	for i := range in.Pods {
 		p := &in.Pods[i]
-		if p.NodeName == "" || p.Selector == "" || (p.Finished && !in.Options.KeepFinishedPods) {
+		if p.NodeName == "" || (p.Finished && !in.Options.KeepFinishedPods) {
 			continue
 		}
-		res := idx.Lookup(p.Namespace, p.Selector)
+		res := idx.Lookup(binding.Pod{Namespace: p.Namespace, Selector: p.Selector, ServiceAccount: p.ServiceAccount})
 		for _, s := range res.Skipped {
 			report(Problem{Kind: skipKind(s.Reason), ObjectKind: "AzureIdentityBinding", Object: Key{s.Binding.Namespace, s.Binding.Name},
 				Message: skipMessage(s)})
