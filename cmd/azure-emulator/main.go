@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/podidentity/podidentity/internal/emulator"
+	"github.com/podidentity/podidentity/internal/version"
 )
 
 type options struct {
@@ -30,6 +31,7 @@ type options struct {
 	throttling bool
 	issuerCAs  []string
 	armAuds    []string
+	version    bool
 }
 
 func (o *options) AddFlags(fs *pflag.FlagSet) {
@@ -43,6 +45,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.fast, "fast", false, "use the fast test timings instead of the world file's")
 	fs.BoolVar(&o.throttling, "throttling", false, "enable ARM throttling with the documented limits when the world file sets none")
 	fs.StringArrayVar(&o.issuerCAs, "issuer-ca", nil, "PEM file of a CA trusted when Azure AD fetches an external token issuer's discovery document and JWKS (e.g. a kube-apiserver's CA); repeatable, added to the world file's issuerCAs")
+	fs.BoolVar(&o.version, "version", false, "print the version, commit and build date, then exit")
 	fs.StringArrayVar(&o.armAuds, "arm-audience", nil, "a further token audience ARM accepts, e.g. an environment file's tokenAudience; repeatable, added to the world file's armAudiences")
 }
 
@@ -66,6 +69,9 @@ func main() {
 	klog.InitFlags(kfs)
 	fs.AddGoFlagSet(kfs)
 	_ = fs.Parse(os.Args[1:])
+	if version.PrintIfRequested(o.version, "azure-emulator", os.Stdout) {
+		return
+	}
 	if err := o.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "azure-emulator:", err)
 		os.Exit(2)

@@ -31,9 +31,8 @@ import (
 	"github.com/podidentity/podidentity/internal/kubescheme"
 	"github.com/podidentity/podidentity/internal/logging"
 	"github.com/podidentity/podidentity/internal/mic"
+	"github.com/podidentity/podidentity/internal/version"
 )
-
-var version = "dev"
 
 // options are the command-line flags.
 type options struct {
@@ -141,10 +140,12 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	klog.InitFlags(kfs)
 	fs.AddGoFlagSet(kfs)
 	if err := fs.Parse(normalizeArgs(args)); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
-	if o.version {
-		fmt.Println(version)
+	if version.PrintIfRequested(o.version, "mic", os.Stdout) {
 		return nil
 	}
 	if err := o.validate(); err != nil {
@@ -165,10 +166,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 	restCfg.QPS, restCfg.Burst = float32(o.clientQPS), o.clientBurst
-	restCfg.UserAgent = "podidentity-mic/" + version
-	if o.customUserAgent != "" {
-		restCfg.UserAgent += " " + o.customUserAgent
-	}
+	restCfg.UserAgent = version.UserAgent("mic", o.customUserAgent)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

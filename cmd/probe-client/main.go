@@ -14,15 +14,20 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/podidentity/podidentity/internal/probeclient"
+	"github.com/podidentity/podidentity/internal/version"
 )
 
 func main() {
 	var o probeclient.Options
 	fs := pflag.NewFlagSet("probe-client", pflag.ContinueOnError)
 	o.AddFlags(fs)
+	showVersion := fs.Bool("version", false, "print the version, commit and build date, then exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
+	}
+	if version.PrintIfRequested(*showVersion, "probe-client", os.Stdout) {
+		return
 	}
 	if err := o.Validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "probe-client:", err)

@@ -16,7 +16,9 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/klog/v2/textlogger"
 
+	"github.com/podidentity/podidentity/internal/logging"
 	"github.com/podidentity/podidentity/internal/sandbox"
+	"github.com/podidentity/podidentity/internal/version"
 )
 
 func main() {
@@ -30,6 +32,7 @@ func run(args []string) error {
 	var o sandbox.Options
 	fs := pflag.NewFlagSet("sandbox", pflag.ContinueOnError)
 	o.AddFlags(fs)
+	showVersion := fs.Bool("version", false, "Print the version, commit and build date, then exit.")
 	verbosity := fs.IntP("v", "v", 0, "Log verbosity of the sandbox itself (node agents, relays, emulator) on stderr.")
 	fs.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: sandbox [up] [flags]   start the sandbox (Ctrl-C stops it)\n       sandbox down [--temp-dir DIR]   stop running sandboxes, remove leftovers\n\nFlags:\n%s", fs.FlagUsages())
@@ -44,9 +47,13 @@ func run(args []string) error {
 		}
 		return err
 	}
+	if version.PrintIfRequested(*showVersion, "sandbox", os.Stdout) {
+		return nil
+	}
 	o.Out = os.Stdout
 	o.Log = textlogger.NewLogger(textlogger.NewConfig(textlogger.Verbosity(*verbosity), textlogger.Output(os.Stderr)))
 	klog.SetLogger(o.Log)
+	logging.RouteControllerRuntime() // its clients and envtest log through o.Log too
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -10,22 +10,31 @@ import (
 	"strconv"
 
 	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
-// Setup routes klog, and every logr logger taken from it (klog.Background, klog.NewKlogr), to the
-// format. verbosity is klog's -v: it also bounds V-levels of loggers that bypass klog's own check.
-// JSON lines carry "time", "level", "msg", "logger" and the key/value pairs as fields.
+// Setup routes klog, every logr logger taken from it (klog.Background, klog.NewKlogr) and
+// controller-runtime's (its caches, clients and manager) to the format. verbosity is klog's -v: it
+// also bounds V-levels of loggers that bypass klog's own check. JSON lines carry "time", "level",
+// "msg", "logger" and the key/value pairs as fields.
 func Setup(format string, verbosity int, w io.Writer) error {
 	switch format {
 	case "", "text":
-		return nil
 	case "json":
 		h := slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.Level(-verbosity)})
 		klog.SetSlogLogger(slog.New(h))
-		return nil
+	default:
+		return fmt.Errorf("--log-format %q is not supported: use text or json", format)
 	}
-	return fmt.Errorf("--log-format %q is not supported: use text or json", format)
+	RouteControllerRuntime()
+	return nil
 }
+
+// RouteControllerRuntime sends controller-runtime's logger through klog. Without it that library
+// drops its log lines and, 30 s after start, prints "log.SetLogger(...) was never called" with a
+// stack trace. Only the first call takes effect (the library's rule); klog.NewKlogr follows later
+// klog.SetLogger calls, so one routing serves every format.
+func RouteControllerRuntime() { ctrllog.SetLogger(klog.NewKlogr()) }
 
 // Reset goes back to klog's text output (tests).
 func Reset() { klog.ClearLogger() }

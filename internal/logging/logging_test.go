@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"k8s.io/klog/v2"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 func TestJSONFormatWritesOneObjectPerLineWithTheFields(t *testing.T) {
@@ -57,5 +58,24 @@ func TestTextIsKlogsOwnAndOtherFormatsAreRefused(t *testing.T) {
 	err := Setup("logfmt", 0, nil)
 	if err == nil || !strings.Contains(err.Error(), "logfmt") || !strings.Contains(err.Error(), "text or json") {
 		t.Fatalf("Setup(logfmt) = %v, want an error naming the value and the choices", err)
+	}
+}
+
+// controller-runtime's own logger (its caches, clients, manager) must reach the same output: left
+// unset, it drops its lines and prints a "SetLogger was never called" stack trace after 30 s.
+func TestControllerRuntimeLogsReachTheSameOutput(t *testing.T) {
+	var buf bytes.Buffer
+	if err := Setup("json", 0, &buf); err != nil {
+		t.Fatal(err)
+	}
+	defer Reset()
+	ctrllog.Log.WithName("cache").Info("from controller-runtime", "kind", "Pod")
+	klog.Flush()
+	m := map[string]any{}
+	if err := json.Unmarshal(bytes.TrimSpace(buf.Bytes()), &m); err != nil {
+		t.Fatalf("controller-runtime's line is missing or not JSON: %q: %v", buf.String(), err)
+	}
+	if msg, _ := m["msg"].(string); !strings.Contains(msg, "from controller-runtime") || m["kind"] != "Pod" {
+		t.Errorf("controller-runtime's line = %v", m)
 	}
 }

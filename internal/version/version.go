@@ -13,9 +13,10 @@ import (
 	"io"
 	"runtime"
 	"runtime/debug"
-
-	"github.com/spf13/pflag"
 )
+
+// Package is this package's import path, the target of the -X ldflags (build/*.Dockerfile).
+const Package = "github.com/podidentity/podidentity/internal/version"
 
 // Set by -ldflags -X; see the package comment.
 var (
@@ -66,11 +67,6 @@ func UserAgent(component, custom string) string {
 		ua += " " + custom
 	}
 	return ua
-}
-
-// AddFlag registers --version on fs. After parsing, call PrintIfRequested.
-func AddFlag(fs *pflag.FlagSet) *bool {
-	return fs.Bool("version", false, "Print the version, commit and build date, then exit.")
 }
 
 // PrintIfRequested prints "<component> <Info>" to w when requested is true, and reports whether
