@@ -66,7 +66,8 @@ type Defaults struct {
 
 // ResourceForNode maps a node to the compute resource its identities live on. Subscription and
 // resource group come from the providerID, so nodes in other resource groups work. An empty
-// providerID falls back to a VM named nodeName in the defaults (ok=false tells the caller to warn).
+// providerID falls back to a VM named nodeName in the defaults (fromProviderID=false tells the
+// caller to warn).
 func ResourceForNode(nodeName, providerID string, d Defaults) (r Resource, fromProviderID bool, err error) {
 	if providerID == "" {
 		if d.SubscriptionID == "" || d.ResourceGroup == "" {

@@ -515,7 +515,7 @@ func (s *Sandbox) Results() ([]PodResult, <-chan struct{}) {
 // Kubectl is the path of kubectl.
 func (s *Sandbox) Kubectl() string { return filepath.Join(s.ControlPlaneDir, "kubectl") }
 
-// HTTPInNode returns an HTTP client whose connections start inside a node's namespace (as a
+// HTTPInNS returns an HTTP client whose connections start inside network namespace ns (as a
 // hostNetwork pod's would), for probes of NMI and MIC ports.
 func (s *Sandbox) HTTPInNS(ns string) *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: netns.Dialer(ns), DisableKeepAlives: true}}
