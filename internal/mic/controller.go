@@ -10,9 +10,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/events"
@@ -44,6 +42,7 @@ type Controller struct {
 	ov      *overlay
 	own     *ownership
 	q       *quarantine
+	sa      *saBindings
 
 	mu        sync.Mutex
 	known     map[string]*knownState
@@ -74,7 +73,7 @@ func NewController(log logr.Logger, ca cache.Cache, c client.Client, api client.
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](o.RetryBase, o.RetryMax),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "mic-resources"}),
-		ov: newOverlay(), own: newOwnership(c, o.Namespace), q: newQuarantine(o.QuarantineBase, o.QuarantineMax),
+		ov: newOverlay(), own: newOwnership(c, o.Namespace), q: newQuarantine(o.QuarantineBase, o.QuarantineMax), sa: newSABindings(),
 		known: map[string]*knownState{}, nodeRes: map[string]desired.Node{}, firstSeen: map[desired.Key]time.Time{},
 		reported: map[string]bool{}, gates: map[string]time.Time{},
 	}
@@ -177,8 +176,13 @@ func (c *Controller) watch(ctx context.Context) error {
 	}
 	podChanged := func(o, n any) bool {
 		a, b := o.(*corev1.Pod), n.(*corev1.Pod)
+		if !c.sa.selectable(a) && !c.sa.selectable(b) {
+			return false
+		}
+		_, hadLabel := a.Labels[aadv1.PodLabelKey]
+		_, hasLabel := b.Labels[aadv1.PodLabelKey]
 		return a.Spec.NodeName != b.Spec.NodeName || a.Labels[aadv1.PodLabelKey] != b.Labels[aadv1.PodLabelKey] ||
-			finished(a) != finished(b)
+			hadLabel != hasLabel || finished(a) != finished(b)
 	}
 	nodeChanged := func(o, n any) bool {
 		return o.(*corev1.Node).Spec.ProviderID != n.(*corev1.Node).Spec.ProviderID
@@ -187,12 +191,19 @@ func (c *Controller) watch(ctx context.Context) error {
 		obj client.Object
 		fn  func(o, n any) bool
 	}{
-		{&corev1.Pod{}, podChanged}, {&corev1.Node{}, nodeChanged},
-		{&aadv1.AzureIdentity{}, rvChanged}, {&aadv1.AzureIdentityBinding{}, rvChanged},
+		{&corev1.Node{}, nodeChanged}, {&aadv1.AzureIdentity{}, rvChanged},
 	} {
 		if err := add(w.obj, w.fn); err != nil {
 			return err
 		}
+	}
+	// Bindings update the ServiceAccount set before the pass is kicked (see saBindings).
+	if err := c.handle(ctx, &aadv1.AzureIdentityBinding{}, func(o any, deleted bool) bool { c.sa.track(o, deleted); return true },
+		func(o, n any) bool { c.sa.track(n, false); return rvChanged(o, n) }); err != nil {
+		return err
+	}
+	if err := c.handle(ctx, &corev1.Pod{}, func(o any, _ bool) bool { return c.sa.selectable(o) }, podChanged); err != nil {
+		return err
 	}
 	// For AAIs only what others do matters: MIC's own creates and deletes are already accounted
 	// for (and at scale would start a pass per write burst).
@@ -239,12 +250,6 @@ func finished(p *corev1.Pod) bool {
 	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
-// PodSelector selects the pods MIC caches: those with the aadpodidbinding label.
-func PodSelector() labels.Selector {
-	r, _ := labels.NewRequirement(aadv1.PodLabelKey, selection.Exists, nil)
-	return labels.NewSelector().Add(*r)
-}
-
 // plan computes the desired state from the cache and queues every VM/VMSS that needs work.
 func (c *Controller) plan(ctx context.Context) error {
 	var pods corev1.PodList
@@ -258,7 +263,7 @@ func (c *Controller) plan(ctx context.Context) error {
 		list client.ObjectList
 		opts []client.ListOption
 	}{
-		{&pods, []client.ListOption{nocopy, client.MatchingLabelsSelector{Selector: PodSelector()}}},
+		{&pods, []client.ListOption{nocopy}},
 		{&nodes, []client.ListOption{nocopy}}, {&ids, []client.ListOption{nocopy}}, {&bindings, []client.ListOption{nocopy}},
 		{&aais, []client.ListOption{nocopy}},
 	} {
@@ -267,12 +272,12 @@ func (c *Controller) plan(ctx context.Context) error {
 		}
 	}
 	in := desired.Input{Pods: make([]desired.Pod, 0, len(pods.Items)), Options: desired.Options{
-		ForceNamespaced: c.o.ForceNamespaced, KeepFinishedPods: c.o.KeepFinishedPods}}
+		ForceNamespaced: c.o.ForceNamespaced, KeepFinishedPods: c.o.KeepFinishedPods, RequireServiceAccount: c.o.RequireServiceAccountBindings}}
 	uids := make(map[desired.Key]types.UID, len(pods.Items))
 	for i := range pods.Items {
 		p := &pods.Items[i]
 		in.Pods = append(in.Pods, desired.Pod{Namespace: p.Namespace, Name: p.Name, Selector: p.Labels[aadv1.PodLabelKey],
-			NodeName: p.Spec.NodeName, Finished: finished(p)})
+			ServiceAccount: p.Spec.ServiceAccountName, NodeName: p.Spec.NodeName, Finished: finished(p)})
 		uids[desired.Key{Namespace: p.Namespace, Name: p.Name}] = p.UID
 	}
 	c.mu.Lock()

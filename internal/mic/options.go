@@ -24,6 +24,9 @@ type Options struct {
 	ForceNamespaced bool
 	// KeepFinishedPods keeps identities of Succeeded/Failed pods (upstream behaviour).
 	KeepFinishedPods bool
+	// RequireServiceAccountBindings ignores bindings without spec.serviceAccountName, with a
+	// Warning event on each (--require-service-account-bindings).
+	RequireServiceAccountBindings bool
 	// ImmutableClientIDs are never removed from a VM/VMSS (--immutable-user-msis plus the
 	// cluster identity from the cloud config).
 	ImmutableClientIDs []string

@@ -93,7 +93,6 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 		lease = 15 * time.Second
 	}
 	renew, retry := lease/2, lease/4
-	podSel := PodSelector()
 	mopts := manager.Options{
 		Scheme: kubescheme.New(),
 		Logger: rc.Log,
@@ -109,8 +108,9 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 			ReaderFailOnMissingInformer: true,
 			DefaultTransform:            cache.TransformStripManagedFields(),
 			ByObject: map[client.Object]cache.ByObject{
-				// Only labelled pods matter, and only a few fields of them: keeps RSS flat at scale.
-				&corev1.Pod{}:  {Label: podSel, Transform: slimPod},
+				// Every pod may matter (a ServiceAccount binding needs no label), but only a few
+				// fields of each: keeps RSS flat at scale.
+				&corev1.Pod{}:  {Transform: slimPod},
 				&corev1.Node{}: {Transform: slimNode},
 			},
 		},
@@ -193,7 +193,7 @@ func slimPod(obj any) (any, error) {
 	return &corev1.Pod{
 		TypeMeta:   p.TypeMeta,
 		ObjectMeta: metav1ObjectMeta(p.Name, p.Namespace, p.UID, p.ResourceVersion, p.Labels, p.DeletionTimestamp != nil),
-		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName},
+		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, ServiceAccountName: p.Spec.ServiceAccountName},
 		Status:     corev1.PodStatus{Phase: p.Status.Phase},
 	}, nil
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/binding"
 )
 
 // isMIC is the passthrough for MIC's own pods: in --MICNamespace and running as
@@ -114,12 +115,20 @@ func (s *Server) evaluate(pod *podInfo, q *TokenQuery) (*grant, lookupState, err
 	if cur.gone(s.cfg.ServeDeletingPods) {
 		return nil, 0, fmt.Errorf("%w: pod %s is terminated or being deleted, so it is served no tokens (its IP may already belong to another pod)", ErrNotBound, pod.key())
 	}
-	bound := st.boundIdentitiesLocked(cur, s.cfg.ForceNamespaced || s.cfg.OperationMode == ModeManaged)
+	bound, ignored := st.boundIdentitiesLocked(cur, binding.Options{
+		ForceNamespaced:       s.cfg.ForceNamespaced || s.cfg.OperationMode == ModeManaged,
+		RequireServiceAccount: s.cfg.RequireServiceAccountBindings,
+	})
 	if len(bound) == 0 {
-		if !cur.HasSelector {
-			return nil, 0, fmt.Errorf("%w: pod %s has no %s label, so it is bound to no AzureIdentity: label it with the selector of an AzureIdentityBinding", ErrNotBound, cur.key(), aadv1.PodLabelKey)
+		if len(ignored) > 0 {
+			// Wrapped in ErrRefused too, so that the refusal is reported as a Warning event on
+			// the ignored bindings: their owners must add the ServiceAccount.
+			return &grant{bindings: ignored}, 0, fmt.Errorf("%w: pod %s: %w: %s", ErrNotBound, cur.key(), ErrRefused, binding.IgnoredMessage(ignored[0]))
 		}
-		return nil, 0, fmt.Errorf("%w: pod %s (%s=%s) matches no AzureIdentityBinding with an existing AzureIdentity it may use: create the binding and identity (in the pod's namespace in namespaced mode)", ErrNotBound, cur.key(), aadv1.PodLabelKey, cur.Selector)
+		if !cur.HasSelector {
+			return nil, 0, fmt.Errorf("%w: pod %s (ServiceAccount %s) has no %s label and no AzureIdentityBinding names its ServiceAccount, so it is bound to no AzureIdentity: create a binding with spec.serviceAccountName %s in namespace %s", ErrNotBound, cur.key(), cur.ServiceAccount, aadv1.PodLabelKey, cur.ServiceAccount, cur.Namespace)
+		}
+		return nil, 0, fmt.Errorf("%w: pod %s (%s=%s, ServiceAccount %s) matches no AzureIdentityBinding with an existing AzureIdentity it may use: create the binding and identity (bindings naming a ServiceAccount match only pods of their own namespace running as it; in namespaced mode, everything in the pod's namespace)", ErrNotBound, cur.key(), aadv1.PodLabelKey, cur.Selector, cur.ServiceAccount)
 	}
 	var chosen *grant
 	for i := range bound {

@@ -32,6 +32,9 @@ type Config struct {
 	OperationMode string
 	// ForceNamespaced restricts every identity to pods of its own namespace.
 	ForceNamespaced bool
+	// RequireServiceAccountBindings ignores bindings without spec.serviceAccountName: a pod
+	// only they select is refused, with a Warning event on them.
+	RequireServiceAccountBindings bool
 	// MICNamespace and MICServiceAccount identify MIC's pods, which get IMDS passthrough: a pod
 	// in that namespace running as that ServiceAccount. Empty MICServiceAccount: no pod does.
 	MICNamespace      string

@@ -24,7 +24,10 @@ type Store struct {
 	aaiByKey   map[string]*aaiInfo
 	identities map[string]*aadv1.AzureIdentity        // ns/name
 	bindings   map[string]*aadv1.AzureIdentityBinding // ns/name
+	// bySelector holds label-only bindings by selector, bySA the bindings that name a
+	// ServiceAccount by (binding namespace, ServiceAccount): a request looks at both.
 	bySelector map[string]map[string]*aadv1.AzureIdentityBinding
+	bySA       map[saRef]map[string]*aadv1.AzureIdentityBinding
 	// exceptions per namespace, sorted by name: the slice internal/binding.IsExcepted takes, kept
 	// ready so that a request allocates nothing.
 	exceptions map[string][]*aadv1.AzurePodIdentityException
@@ -43,6 +46,7 @@ func NewStore() *Store {
 		aaisByPod: map[string]map[string]*aaiInfo{}, aaiByKey: map[string]*aaiInfo{},
 		identities: map[string]*aadv1.AzureIdentity{}, bindings: map[string]*aadv1.AzureIdentityBinding{},
 		bySelector: map[string]map[string]*aadv1.AzureIdentityBinding{},
+		bySA:       map[saRef]map[string]*aadv1.AzureIdentityBinding{},
 		exceptions: map[string][]*aadv1.AzurePodIdentityException{},
 		changed:    make(chan struct{}),
 	}
@@ -224,12 +228,22 @@ func (s *Store) UpsertBinding(b *aadv1.AzureIdentityBinding) {
 	s.mu.Lock()
 	s.unindexBindingLocked(k)
 	s.bindings[k] = b
-	m := s.bySelector[b.Spec.Selector]
-	if m == nil {
-		m = map[string]*aadv1.AzureIdentityBinding{}
-		s.bySelector[b.Spec.Selector] = m
+	if binding.LabelOnly(b) {
+		m := s.bySelector[b.Spec.Selector]
+		if m == nil {
+			m = map[string]*aadv1.AzureIdentityBinding{}
+			s.bySelector[b.Spec.Selector] = m
+		}
+		m[k] = b
+	} else {
+		r := saRef{b.Namespace, b.Spec.ServiceAccountName}
+		m := s.bySA[r]
+		if m == nil {
+			m = map[string]*aadv1.AzureIdentityBinding{}
+			s.bySA[r] = m
+		}
+		m[k] = b
 	}
-	m[k] = b
 	s.notifyLocked()
 	s.mu.Unlock()
 }
@@ -248,6 +262,16 @@ func (s *Store) unindexBindingLocked(k string) {
 		return
 	}
 	delete(s.bindings, k)
+	if !binding.LabelOnly(old) {
+		r := saRef{old.Namespace, old.Spec.ServiceAccountName}
+		if m := s.bySA[r]; m != nil {
+			delete(m, k)
+			if len(m) == 0 {
+				delete(s.bySA, r)
+			}
+		}
+		return
+	}
 	if m := s.bySelector[old.Spec.Selector]; m != nil {
 		delete(m, k)
 		if len(m) == 0 {
@@ -255,6 +279,9 @@ func (s *Store) unindexBindingLocked(k string) {
 		}
 	}
 }
+
+// saRef names a ServiceAccount: a binding's namespace and spec.serviceAccountName.
+type saRef struct{ namespace, name string }
 
 // UpsertException records an AzurePodIdentityException (only what matching needs).
 func (s *Store) UpsertException(e *aadv1.AzurePodIdentityException) {
@@ -303,44 +330,64 @@ func (s *Store) excepted(p *podInfo) bool {
 }
 
 // grant is one identity a pod is bound to, with the bindings that bind it (where refusals are
-// reported).
+// reported). id is nil for the grant of ignored label-only bindings (see evaluate).
 type grant struct {
 	id       *aadv1.AzureIdentity
 	bindings []*aadv1.AzureIdentityBinding
+	// weight is the highest spec.weight of bindings.
+	weight int
 }
 
-// boundIdentitiesLocked returns the identities the pod is bound to now, through bindings whose
-// selector equals its label, sorted by namespace/name (the documented default order). In
-// namespaced mode (global or per identity) binding, identity and pod must share a namespace.
-func (s *Store) boundIdentitiesLocked(p *podInfo, forceNamespaced bool) []grant {
-	if !p.HasSelector {
-		return nil
-	}
-	var out []grant
-	at := map[string]int{}
-	for _, b := range s.bySelector[p.Selector] {
+// boundIdentitiesLocked returns the identities the pod is bound to now, by binding.Select (its
+// aadpodidbinding label and/or its ServiceAccount) and the namespaced rule, highest binding
+// weight first, then by identity namespace/name (the documented default order). ignored are the
+// label-only bindings that selected the pod but grant nothing under RequireServiceAccount.
+func (s *Store) boundIdentitiesLocked(p *podInfo, opts binding.Options) (out []grant, ignored []*aadv1.AzureIdentityBinding) {
+	bp := binding.Pod{Namespace: p.Namespace, Selector: p.Selector, ServiceAccount: p.ServiceAccount}
+	var at map[string]int
+	consider := func(b *aadv1.AzureIdentityBinding) {
+		switch binding.Select(b, bp, opts) {
+		case binding.NoMatch:
+			return
+		case binding.IgnoredLabelOnly:
+			ignored = append(ignored, b)
+			return
+		}
 		k := b.Namespace + "/" + b.Spec.AzureIdentity
 		id := s.identities[k]
-		if id == nil {
-			continue
-		}
-		if binding.Namespaced(id, forceNamespaced) && (b.Namespace != p.Namespace || id.Namespace != p.Namespace) {
-			continue
+		if id == nil || !binding.IdentityAllows(id, b, p.Namespace, opts.ForceNamespaced) {
+			return
 		}
 		if i, ok := at[k]; ok {
 			out[i].bindings = append(out[i].bindings, b)
-			continue
+			out[i].weight = max(out[i].weight, b.Spec.Weight)
+			return
+		}
+		if at == nil {
+			at = map[string]int{}
 		}
 		at[k] = len(out)
-		out = append(out, grant{id: id, bindings: []*aadv1.AzureIdentityBinding{b}})
+		out = append(out, grant{id: id, bindings: []*aadv1.AzureIdentityBinding{b}, weight: b.Spec.Weight})
+	}
+	if p.HasSelector {
+		for _, b := range s.bySelector[p.Selector] {
+			consider(b)
+		}
+	}
+	for _, b := range s.bySA[saRef{p.Namespace, p.ServiceAccount}] {
+		consider(b)
 	}
 	sort.Slice(out, func(i, j int) bool {
+		if out[i].weight != out[j].weight {
+			return out[i].weight > out[j].weight
+		}
 		if out[i].id.Namespace != out[j].id.Namespace {
 			return out[i].id.Namespace < out[j].id.Namespace
 		}
 		return out[i].id.Name < out[j].id.Name
 	})
-	return out
+	sort.Slice(ignored, func(i, j int) bool { return binding.Compare(ignored[i], ignored[j]) < 0 })
+	return out, ignored
 }
 
 // assignmentLocked returns the state of the pod's assignment of id: found reports whether an
