@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -514,12 +513,6 @@ func (s *Sandbox) Results() ([]PodResult, <-chan struct{}) {
 
 // Kubectl is the path of kubectl.
 func (s *Sandbox) Kubectl() string { return filepath.Join(s.ControlPlaneDir, "kubectl") }
-
-// HTTPInNS returns an HTTP client whose connections start inside network namespace ns (as a
-// hostNetwork pod's would), for probes of NMI and MIC ports.
-func (s *Sandbox) HTTPInNS(ns string) *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: netns.Dialer(ns), DisableKeepAlives: true}}
-}
 
 // Close stops everything and removes every namespace and file the sandbox made.
 func (s *Sandbox) Close() error {

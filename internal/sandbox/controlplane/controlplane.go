@@ -247,9 +247,6 @@ func writeKubeconfig(path, server string, p *pki) error {
 	return nil
 }
 
-// Procs returns the running components (for crash detection).
-func (cp *ControlPlane) Procs() []*proc.Process { return cp.procs }
-
 // Stop stops the components in reverse order.
 func (cp *ControlPlane) Stop() {
 	for i := len(cp.procs) - 1; i >= 0; i-- {

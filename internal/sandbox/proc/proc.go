@@ -81,9 +81,6 @@ func (p *Process) Err() error {
 	return p.err
 }
 
-// Pid is the process id.
-func (p *Process) Pid() int { return p.Cmd.Process.Pid }
-
 // Signal sends sig to the process group.
 func (p *Process) Signal(sig syscall.Signal) {
 	_ = syscall.Kill(-p.Cmd.Process.Pid, sig)
