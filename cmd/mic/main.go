@@ -59,6 +59,7 @@ type options struct {
 	updateRetryInterval     time.Duration
 	reconcileInterval       time.Duration
 	keepFinishedPods        bool
+	requireSABindings       bool
 	batchIdle, batchMax     time.Duration
 	workers                 int
 	pollInterval            time.Duration
@@ -94,6 +95,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.updateRetryInterval, "update-user-msi-retry-interval", time.Second, "Deprecated, ignored.")
 	fs.DurationVar(&o.reconcileInterval, "identity-assignment-reconcile-interval", 3*time.Minute, "Period of re-reading every VM/VMSS and re-adding identities removed out of band.")
 	fs.BoolVar(&o.keepFinishedPods, "keep-finished-pods", false, "Keep identities of Succeeded/Failed pods assigned (upstream behaviour).")
+	fs.BoolVar(&o.requireSABindings, "require-service-account-bindings", false, "Ignore AzureIdentityBindings without spec.serviceAccountName (a Warning event on each says to set it); set the same on NMI.")
 	fs.DurationVar(&o.batchIdle, "batch-idle", time.Second, "Start a pass once no event arrived for this long.")
 	fs.DurationVar(&o.batchMax, "batch-max", 5*time.Second, "Start a pass at the latest this long after the first event of a burst (a VM/VMSS whose PATCH is running collects later changes into its next PATCH anyway).")
 	fs.IntVar(&o.workers, "workers", 16, "VMs/VMSS reconciled in parallel.")
@@ -230,7 +232,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		Options: mic.Options{
 			Namespace:        ns,
 			ForceNamespaced:  o.forceNamespaced || strings.EqualFold(getenv(aadv1.ForceNamespacedEnv), "true"),
-			KeepFinishedPods: o.keepFinishedPods, ImmutableClientIDs: immutable,
+			KeepFinishedPods: o.keepFinishedPods, ImmutableClientIDs: immutable, RequireServiceAccountBindings: o.requireSABindings,
 			Defaults:  cloud.Defaults{SubscriptionID: settings.Config.SubscriptionID, ResourceGroup: settings.Config.ResourceGroup},
 			BatchIdle: o.batchIdle, BatchMax: o.batchMax, Workers: o.workers, KubeWrites: o.createDeleteBatch,
 			ResyncInterval: o.syncRetry, ReconcileInterval: o.reconcileInterval,

@@ -70,6 +70,7 @@ type options struct {
 	allowCrossNamespaceSecrets bool
 	allowedADEndpoints         []string
 	serveDeletingPods          bool
+	requireSABindings          bool
 	shutdownGrace              time.Duration
 	// For benchmarks and tests on a developer machine only.
 	redirect         bool
@@ -90,6 +91,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.micNamespace, "MICNamespace", "default", "namespace of MIC, whose pods get IMDS passthrough")
 	fs.StringVar(&o.micServiceAccount, "mic-service-account", "aad-pod-id-mic-service-account", "ServiceAccount of MIC's pods in --MICNamespace: only pods running as it get IMDS passthrough (empty: none)")
 	fs.BoolVar(&o.allowCrossNamespaceSecrets, "allow-cross-namespace-secrets", false, "let service-principal identities use a Secret in another namespace (spec.clientPassword.namespace); never for namespaced identities")
+	fs.BoolVar(&o.requireSABindings, "require-service-account-bindings", false, "serve no identity through AzureIdentityBindings without spec.serviceAccountName (refused with a Warning event on the binding that says to set it); set the same on MIC")
 	fs.BoolVar(&o.serveDeletingPods, "serve-deleting-pods", false, "keep serving a pod in its termination grace period (deletionTimestamp set, containers running) while no other pod claims its IP (upstream's behaviour; the new owner of a reused IP may not be visible yet)")
 	fs.StringSliceVar(&o.allowedADEndpoints, "allowed-ad-endpoints", nil, "Azure AD authorities (https URLs or hosts) an identity's spec.adEndpoint may name besides the cloud's own")
 	fs.IntVar(&o.probePort, "http-probe-port", 8080, "port of /healthz and /readyz")
@@ -144,7 +146,7 @@ func (o *options) config() nmi.Config {
 		NodeName: o.node, MetadataIP: o.metadataIP, MetadataPort: o.metadataPort,
 		MetadataHeaderRequired: o.metadataHeaderRequired, BlockInstanceMetadata: o.blockInstanceMetadata,
 		OperationMode: o.operationMode, MICNamespace: o.micNamespace, MICServiceAccount: o.micServiceAccount,
-		AllowCrossNamespaceSecrets: o.allowCrossNamespaceSecrets, AllowedADEndpoints: o.allowedADEndpoints,
+		AllowCrossNamespaceSecrets: o.allowCrossNamespaceSecrets, AllowedADEndpoints: o.allowedADEndpoints, RequireServiceAccountBindings: o.requireSABindings,
 		ServeDeletingPods:       o.serveDeletingPods,
 		ForceNamespaced:         o.forceNamespaced || strings.EqualFold(os.Getenv(aadv1.ForceNamespacedEnv), "true"),
 		RetryAttemptsForCreated: o.retryAttemptsForCreated, RetryAttemptsForAssigned: o.retryAttemptsForAssigned,
