@@ -123,7 +123,7 @@ func (s *Server) evaluate(pod *podInfo, q *TokenQuery) (*grant, lookupState, err
 		if len(ignored) > 0 {
 			// Wrapped in ErrRefused too, so that the refusal is reported as a Warning event on
 			// the ignored bindings: their owners must add the ServiceAccount.
-			return &grant{bindings: ignored}, 0, fmt.Errorf("%w: pod %s: %w: %s", ErrNotBound, cur.key(), ErrRefused, binding.IgnoredMessage(ignored[0]))
+			return &grant{bindings: ignored}, 0, fmt.Errorf("%w: %s (%w)", ErrNotBound, binding.IgnoredMessage(ignored[0]), ErrRefused)
 		}
 		if !cur.HasSelector {
 			return nil, 0, fmt.Errorf("%w: pod %s (ServiceAccount %s) has no %s label and no AzureIdentityBinding names its ServiceAccount, so it is bound to no AzureIdentity: create a binding with spec.serviceAccountName %s in namespace %s", ErrNotBound, cur.key(), cur.ServiceAccount, aadv1.PodLabelKey, cur.ServiceAccount, cur.Namespace)
