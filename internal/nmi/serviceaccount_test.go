@@ -94,10 +94,11 @@ func TestServiceAccountBindingServesOnlyThatServiceAccount(t *testing.T) {
 
 // Without client_id, the identity of the binding with the highest weight is served.
 func TestWeightChoosesTheDefaultIdentity(t *testing.T) {
-	h := newHarness(t, harnessOpts{identities: []string{"light", "heavy"}})
-	light, heavy := h.identity("light"), h.identity("heavy")
-	h.saBinding(h.ns, "light", "light", "", "app", 1)
-	h.saBinding(h.ns, "heavy", "heavy", "", "app", 5)
+	// By name alone (the order without weights) "a-light" would come first.
+	h := newHarness(t, harnessOpts{identities: []string{"a-light", "z-heavy"}})
+	light, heavy := h.identity("a-light"), h.identity("z-heavy")
+	h.saBinding(h.ns, "light", "a-light", "", "app", 1)
+	h.saBinding(h.ns, "heavy", "z-heavy", "", "app", 5)
 	pod := h.saPod(h.ns, "app", "", "app")
 	h.assign(pod, light, aadv1.AssignedIDAssigned)
 	h.assign(pod, heavy, aadv1.AssignedIDAssigned)

@@ -193,6 +193,11 @@ func Compute(in Input) *State {
 		for _, m := range res.Matches {
 			k := Key{binding.AssignedIdentityNamespace(m.Identity, bopts.ForceNamespaced), binding.AssignedIdentityName(p.Name, p.Namespace, m.Identity.Name)}
 			if prev, dup := st.AAIs[k]; dup {
+				if prev.Identity == m.Identity {
+					// Two bindings of one identity (a label binding and its ServiceAccount
+					// successor, say): one assignment serves both.
+					continue
+				}
 				report(Problem{Kind: ProblemNameCollision, ObjectKind: "AzureIdentityBinding", Object: Key{m.Binding.Namespace, m.Binding.Name},
 					Message: fmt.Sprintf("AzureIdentityBinding %s/%s: AzureIdentity %s/%s has the same name as %s/%s, which pod %s/%s already uses through binding %s/%s; AzureAssignedIdentity %s can hold only one, so %s/%s is ignored for this pod: rename one of the identities",
 						m.Binding.Namespace, m.Binding.Name, m.Identity.Namespace, m.Identity.Name, prev.Identity.Namespace, prev.Identity.Name, p.Namespace, p.Name,
