@@ -1,6 +1,8 @@
 package nmi
 
 import (
+	"cmp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -344,7 +346,7 @@ type grant struct {
 // label-only bindings that selected the pod but grant nothing under RequireServiceAccount.
 func (s *Store) boundIdentitiesLocked(p *podInfo, opts binding.Options) (out []grant, ignored []*aadv1.AzureIdentityBinding) {
 	bp := binding.Pod{Namespace: p.Namespace, Selector: p.Selector, ServiceAccount: p.ServiceAccount}
-	var at map[string]int
+	at := map[string]int{} // does not escape: stays on the stack
 	consider := func(b *aadv1.AzureIdentityBinding) {
 		switch binding.Select(b, bp, opts) {
 		case binding.NoMatch:
@@ -363,9 +365,6 @@ func (s *Store) boundIdentitiesLocked(p *podInfo, opts binding.Options) (out []g
 			out[i].weight = max(out[i].weight, b.Spec.Weight)
 			return
 		}
-		if at == nil {
-			at = map[string]int{}
-		}
 		at[k] = len(out)
 		out = append(out, grant{id: id, bindings: []*aadv1.AzureIdentityBinding{b}, weight: b.Spec.Weight})
 	}
@@ -377,16 +376,21 @@ func (s *Store) boundIdentitiesLocked(p *podInfo, opts binding.Options) (out []g
 	for _, b := range s.bySA[saRef{p.Namespace, p.ServiceAccount}] {
 		consider(b)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].weight != out[j].weight {
-			return out[i].weight > out[j].weight
-		}
-		if out[i].id.Namespace != out[j].id.Namespace {
-			return out[i].id.Namespace < out[j].id.Namespace
-		}
-		return out[i].id.Name < out[j].id.Name
-	})
-	sort.Slice(ignored, func(i, j int) bool { return binding.Compare(ignored[i], ignored[j]) < 0 })
+	// slices.SortFunc, unlike sort.Slice, allocates nothing: this runs on every request.
+	if len(out) > 1 {
+		slices.SortFunc(out, func(a, b grant) int {
+			if c := cmp.Compare(b.weight, a.weight); c != 0 {
+				return c
+			}
+			if c := cmp.Compare(a.id.Namespace, b.id.Namespace); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.id.Name, b.id.Name)
+		})
+	}
+	if len(ignored) > 1 {
+		slices.SortFunc(ignored, binding.Compare)
+	}
 	return out, ignored
 }
 
