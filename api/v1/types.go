@@ -42,7 +42,11 @@ func (t IdentityType) String() string {
 // +kubebuilder:validation:XValidation:rule="has(self.clientID) && self.clientID.matches('^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$')",message="spec.clientID is required and must be the identity's client (application) ID, a GUID such as 00000000-0000-0000-0000-000000000000",fieldPath=".clientID",reason="FieldValueInvalid"
 // +kubebuilder:validation:XValidation:rule="self.type != 0 || (has(self.resourceID) && self.resourceID.matches('(?i)^/subscriptions/[^/]+/resourcegroups/[^/]+/providers/microsoft[.]managedidentity/userassignedidentities/[^/]+$'))",message="spec.resourceID is required for a user-assigned managed identity (type 0) and must have the form /subscriptions/<subscription-id>/resourcegroups/<resource-group>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<identity-name>",fieldPath=".resourceID",reason="FieldValueInvalid"
 // +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.tenantID) && size(self.tenantID) > 0)",message="spec.tenantID is required for a service principal (type 1 or 2): set it to the Azure AD tenant ID of the application",fieldPath=".tenantID",reason="FieldValueRequired"
-// +kubebuilder:validation:XValidation:rule="self.type == 0 || (has(self.clientPassword) && has(self.clientPassword.name) && size(self.clientPassword.name) > 0)",message="spec.clientPassword.name is required for a service principal (type 1 or 2): name the Secret that holds the client secret (type 1) or the certificate and its password (type 2)",fieldPath=".clientPassword",reason="FieldValueRequired"
+// +kubebuilder:validation:XValidation:rule="!has(self.federation) || (has(self.tenantID) && size(self.tenantID) > 0)",message="spec.tenantID is required for a federated identity (spec.federation): set it to the Azure AD tenant ID that holds the identity",fieldPath=".tenantID",reason="FieldValueRequired"
+// +kubebuilder:validation:XValidation:rule="!has(self.federation) || self.type != 2",message="spec.federation is not supported for a service principal with a certificate (type 2): use type 0 (user-assigned identity) or type 1 (app registration) with a federated credential",fieldPath=".federation",reason="FieldValueForbidden"
+// +kubebuilder:validation:XValidation:rule="!has(self.federation) || !has(self.clientPassword) || !has(self.clientPassword.name) || size(self.clientPassword.name) == 0",message="spec.clientPassword and spec.federation exclude each other: a federated identity authenticates with the pod's ServiceAccount token, not a secret; remove spec.clientPassword (or spec.federation)",fieldPath=".clientPassword",reason="FieldValueForbidden"
+// +kubebuilder:validation:XValidation:rule="!has(self.federation) || !has(self.auxiliaryTenantIDs) || size(self.auxiliaryTenantIDs) == 0",message="spec.auxiliaryTenantIDs is not supported with spec.federation: remove it",fieldPath=".auxiliaryTenantIDs",reason="FieldValueForbidden"
+// +kubebuilder:validation:XValidation:rule="self.type == 0 || has(self.federation) || (has(self.clientPassword) && has(self.clientPassword.name) && size(self.clientPassword.name) > 0)",message="spec.clientPassword.name is required for a service principal (type 1 or 2): name the Secret that holds the client secret (type 1) or the certificate and its password (type 2)",fieldPath=".clientPassword",reason="FieldValueRequired"
 // +kubebuilder:validation:XValidation:rule="self.type == 1 || !has(self.auxiliaryTenantIDs) || size(self.auxiliaryTenantIDs) == 0",message="spec.auxiliaryTenantIDs is only supported for a service principal with a client secret (type 1): remove it or change spec.type",fieldPath=".auxiliaryTenantIDs",reason="FieldValueForbidden"
 type AzureIdentitySpec struct {
 	// Type is 0 for a user-assigned managed identity, 1 for a service principal with a client
@@ -88,7 +92,88 @@ type AzureIdentitySpec struct {
 	// +nullable
 	// +optional
 	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Federation, when set, makes this a federated identity: NMI gets its tokens by exchanging
+	// a ServiceAccount token with Azure AD (workload identity federation) instead of from the
+	// node's IMDS or a secret, and MIC never assigns it to a VM or scale set. The identity needs
+	// a federated identity credential for the cluster's OIDC issuer; see docs/federation.md.
+	// +optional
+	Federation *Federation `json:"federation,omitempty"`
 }
+
+// FederationSubject says whose ServiceAccount token NMI presents to Azure AD.
+// +kubebuilder:validation:Enum=ServiceAccount;Broker
+type FederationSubject string
+
+const (
+	// FederationSubjectServiceAccount presents a token of the calling pod's own ServiceAccount,
+	// bound to the pod: the federated credential's subject is
+	// system:serviceaccount:<pod namespace>:<pod serviceaccount>. Azure AD decides too.
+	FederationSubjectServiceAccount FederationSubject = "ServiceAccount"
+	// FederationSubjectBroker presents a token of NMI's own ServiceAccount: one federated
+	// credential per identity and cluster, and podidentity's bindings alone decide which pods
+	// may use it. Weaker: whoever controls NMI can get every broker identity.
+	FederationSubjectBroker FederationSubject = "Broker"
+)
+
+// Default values of Federation's fields.
+const (
+	DefaultFederationAudience               = "api://AzureADTokenExchange"
+	DefaultFederationTokenExpirationSeconds = 3600
+)
+
+// Federation configures how NMI gets an identity's tokens by workload identity federation.
+type Federation struct {
+	// Audience of the ServiceAccount token NMI presents; it must equal the audience of the
+	// identity's federated credential.
+	// +kubebuilder:default="api://AzureADTokenExchange"
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=600
+	// +optional
+	Audience string `json:"audience,omitempty"`
+
+	// TokenExpirationSeconds is the lifetime NMI asks for its ServiceAccount tokens (600 to
+	// 86400; default 3600). Azure AD cannot see a pod's deletion, so keep it short.
+	// +kubebuilder:validation:Minimum=600
+	// +kubebuilder:validation:Maximum=86400
+	// +optional
+	TokenExpirationSeconds *int64 `json:"tokenExpirationSeconds,omitempty"`
+
+	// AuthorityHost is the Azure AD authority to exchange the token with, e.g.
+	// https://login.microsoftonline.com/. Default: spec.adEndpoint, else the cloud's.
+	// +kubebuilder:validation:MaxLength=512
+	// +optional
+	AuthorityHost string `json:"authorityHost,omitempty"`
+
+	// Subject is whose ServiceAccount token NMI presents: ServiceAccount (default: the calling
+	// pod's own) or Broker (NMI's own; see FederationSubjectBroker).
+	// +kubebuilder:default=ServiceAccount
+	// +optional
+	Subject FederationSubject `json:"subject,omitempty"`
+}
+
+// AudienceOrDefault is the token audience, DefaultFederationAudience when unset.
+func (f *Federation) AudienceOrDefault() string {
+	if f == nil || f.Audience == "" {
+		return DefaultFederationAudience
+	}
+	return f.Audience
+}
+
+// ExpirationSecondsOrDefault is the token lifetime, DefaultFederationTokenExpirationSeconds
+// when unset.
+func (f *Federation) ExpirationSecondsOrDefault() int64 {
+	if f == nil || f.TokenExpirationSeconds == nil {
+		return DefaultFederationTokenExpirationSeconds
+	}
+	return *f.TokenExpirationSeconds
+}
+
+// IsBroker says whether NMI presents its own ServiceAccount's token.
+func (f *Federation) IsBroker() bool { return f != nil && f.Subject == FederationSubjectBroker }
+
+// IsFederated says whether the identity's tokens come from workload identity federation.
+func (s *AzureIdentitySpec) IsFederated() bool { return s.Federation != nil }
 
 // AzureIdentityStatus is accepted for compatibility and unused.
 type AzureIdentityStatus struct {
