@@ -8,6 +8,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/nmi/imdsreq"
 )
 
 // isMIC is the passthrough for MIC's own pods: in --MICNamespace and running as
@@ -20,7 +21,7 @@ func (s *Server) isMIC(p *podInfo) bool {
 // tokenFor authorizes the request from current state, then answers from the cache or fetches.
 // The grant is returned with errors too, when one was chosen, so that refusals can be reported on
 // its bindings.
-func (s *Server) tokenFor(ctx context.Context, pod *podInfo, q *TokenQuery) (*cacheEntry, *grant, error) {
+func (s *Server) tokenFor(ctx context.Context, pod *podInfo, q *imdsreq.TokenQuery) (*cacheEntry, *grant, error) {
 	start := time.Now()
 	deadline := start.Add(s.budget())
 	// object_id can only be matched once a token has revealed an identity's object ID; each pass
@@ -33,7 +34,7 @@ func (s *Server) tokenFor(ctx context.Context, pod *podInfo, q *TokenQuery) (*ca
 		id := g.id
 		e, err := s.fetch(ctx, pod, id, q.Resource, deadline)
 		if err != nil {
-			return nil, g, err
+			return nil, g, s.federationWindow(err, pod, g)
 		}
 		if q.ObjectID != "" && !strings.EqualFold(e.tokens[0].ObjectID, q.ObjectID) {
 			if e.tokens[0].ObjectID == "" {
@@ -62,7 +63,7 @@ const (
 
 // resolve picks the identity for a request. Standard mode waits, woken by watch events, for MIC
 // to assign it (bounded by the retry flags; not at all with --set-retry-after-header).
-func (s *Server) resolve(ctx context.Context, pod *podInfo, q *TokenQuery, start time.Time) (*grant, error) {
+func (s *Server) resolve(ctx context.Context, pod *podInfo, q *imdsreq.TokenQuery, start time.Time) (*grant, error) {
 	createdBy := start.Add(time.Duration(s.cfg.RetryAttemptsForCreated) * s.cfg.FindIdentityRetryInterval)
 	assignedBy := start.Add(s.budget())
 	var timer *time.Timer
@@ -104,7 +105,7 @@ func (s *Server) resolve(ctx context.Context, pod *podInfo, q *TokenQuery, start
 
 // evaluate decides from current state, under one read lock: the identity the request gets and
 // whether it can be served now.
-func (s *Server) evaluate(pod *podInfo, q *TokenQuery) (*grant, lookupState, error) {
+func (s *Server) evaluate(pod *podInfo, q *imdsreq.TokenQuery) (*grant, lookupState, error) {
 	st := s.store
 	st.mu.RLock()
 	defer st.mu.RUnlock()
@@ -115,10 +116,7 @@ func (s *Server) evaluate(pod *podInfo, q *TokenQuery) (*grant, lookupState, err
 	if cur.gone(s.cfg.ServeDeletingPods) {
 		return nil, 0, fmt.Errorf("%w: pod %s is terminated or being deleted, so it is served no tokens (its IP may already belong to another pod)", ErrNotBound, pod.key())
 	}
-	bound, ignored := st.boundIdentitiesLocked(cur, binding.Options{
-		ForceNamespaced:       s.cfg.ForceNamespaced || s.cfg.OperationMode == ModeManaged,
-		RequireServiceAccount: s.cfg.RequireServiceAccountBindings,
-	})
+	bound, ignored := st.boundIdentitiesLocked(cur, s.bindingOptions())
 	if len(bound) == 0 {
 		if len(ignored) > 0 {
 			// Wrapped in ErrRefused too, so that the refusal is reported as a Warning event on
@@ -143,7 +141,8 @@ func (s *Server) evaluate(pod *podInfo, q *TokenQuery) (*grant, lookupState, err
 	if err := s.checkPolicy(chosen.id); err != nil {
 		return chosen, 0, err
 	}
-	if s.cfg.OperationMode == ModeManaged {
+	// Federated identities are on no VM: nothing to wait for (MIC may write no AAI for them).
+	if s.cfg.OperationMode == ModeManaged || chosen.id.Spec.IsFederated() {
 		return chosen, stateReady, nil
 	}
 	found, assigned := st.assignmentLocked(cur.key(), chosen.id)
@@ -158,7 +157,7 @@ func (s *Server) evaluate(pod *podInfo, q *TokenQuery) (*grant, lookupState, err
 
 // matches applies the request's selectors; object_id matches only identities whose object ID is
 // unknown yet or equal (tokenFor checks it on the token).
-func (s *Server) matches(id *aadv1.AzureIdentity, q *TokenQuery) bool {
+func (s *Server) matches(id *aadv1.AzureIdentity, q *imdsreq.TokenQuery) bool {
 	if q.ClientID != "" && !strings.EqualFold(q.ClientID, id.Spec.ClientID) {
 		return false
 	}
@@ -173,16 +172,16 @@ func (s *Server) matches(id *aadv1.AzureIdentity, q *TokenQuery) bool {
 	return true
 }
 
-func describeSelector(q *TokenQuery) string {
+func describeSelector(q *imdsreq.TokenQuery) string {
 	var parts []string
 	if q.ClientID != "" {
-		parts = append(parts, "client_id="+clip(q.ClientID))
+		parts = append(parts, "client_id="+imdsreq.Clip(q.ClientID))
 	}
 	if q.ResourceID != "" {
-		parts = append(parts, "msi_res_id="+clip(q.ResourceID))
+		parts = append(parts, "msi_res_id="+imdsreq.Clip(q.ResourceID))
 	}
 	if q.ObjectID != "" {
-		parts = append(parts, "object_id="+clip(q.ObjectID))
+		parts = append(parts, "object_id="+imdsreq.Clip(q.ObjectID))
 	}
 	return strings.Join(parts, ", ")
 }

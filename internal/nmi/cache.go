@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-	"golang.org/x/sync/singleflight"
 )
 
 // CacheOptions tune the token cache.
@@ -72,22 +71,23 @@ type TokenCache struct {
 	metrics *Metrics
 
 	mu sync.RWMutex
-	m  map[string]*cacheEntry
-	sf singleflight.Group
+	m  map[cacheKey]*cacheEntry
+	// fills runs one fetch per key, whether for a miss or a background refresh.
+	fills flights[cacheKey, *cacheEntry]
 
 	oidMu sync.RWMutex
-	oids  map[string]string // credentials key -> principal object ID, learned from tokens
+	oids  map[credKey]string // static credentials key -> principal object ID, learned from tokens
 }
 
 // NewTokenCache returns an empty cache.
 func NewTokenCache(opts CacheOptions, m *Metrics, log logr.Logger) *TokenCache {
 	opts.defaults()
-	return &TokenCache{opts: opts, log: log, metrics: m, m: map[string]*cacheEntry{}, oids: map[string]string{}}
+	return &TokenCache{opts: opts, log: log, metrics: m, m: map[cacheKey]*cacheEntry{}, oids: map[credKey]string{}}
 }
 
 // Lookup returns a servable entry or nil. A hit past its refresh point starts a background
 // refresh, so pods that keep using a token never wait for one.
-func (c *TokenCache) Lookup(key string) *cacheEntry {
+func (c *TokenCache) Lookup(key cacheKey) *cacheEntry {
 	c.mu.RLock()
 	e := c.m[key]
 	c.mu.RUnlock()
@@ -108,21 +108,12 @@ func (c *TokenCache) Lookup(key string) *cacheEntry {
 
 // Fetch gets tokens for key, one fetch per key at a time however many requests miss together.
 // The fetch runs detached from ctx so that a client giving up does not fail the others waiting.
-func (c *TokenCache) Fetch(ctx context.Context, key string, fetch fetchFunc) (*cacheEntry, error) {
+func (c *TokenCache) Fetch(ctx context.Context, key cacheKey, fetch fetchFunc) (*cacheEntry, error) {
 	c.metrics.cacheMisses.Inc()
-	ch := c.sf.DoChan(key, func() (any, error) { return c.fill(key, fetch) })
-	select {
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.(*cacheEntry), nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return c.fills.do(ctx, key, func() (*cacheEntry, error) { return c.fill(key, fetch) })
 }
 
-func (c *TokenCache) fill(key string, fetch fetchFunc) (*cacheEntry, error) {
+func (c *TokenCache) fill(key cacheKey, fetch fetchFunc) (*cacheEntry, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.FetchTimeout)
 	defer cancel()
 	toks, err := fetch(ctx)
@@ -146,22 +137,21 @@ func (c *TokenCache) fill(key string, fetch fetchFunc) (*cacheEntry, error) {
 }
 
 // refreshAsync refreshes one entry in the background, starting nothing while a refresh of the
-// entry runs. On success the entry is replaced; on failure the flag is cleared so that a later
-// hit tries again.
-func (c *TokenCache) refreshAsync(key string, e *cacheEntry) {
+// entry (or a fetch of its key) runs. On success the entry is replaced; on failure the flag is
+// cleared so that a later hit tries again.
+func (c *TokenCache) refreshAsync(key cacheKey, e *cacheEntry) {
 	if !e.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	f, started := c.fills.start(key, func() (*cacheEntry, error) { return c.fill(key, e.fetch) })
+	if !started {
+		e.refreshing.Store(false)
 		return
 	}
 	go func() {
 		defer e.refreshing.Store(false)
-		_, err, shared := c.sf.Do("refresh\x00"+key, func() (any, error) {
-			_, err := c.fill(key, e.fetch)
-			return nil, err
-		})
-		if shared {
-			return
-		}
-		if err != nil {
+		<-f.done
+		if err := f.err; err != nil {
 			c.metrics.cacheRefreshes.WithLabelValues("error").Inc()
 			c.log.V(1).Info("refreshing cached token failed; the cached one is served until it is too close to expiry", "error", err.Error())
 			return
@@ -171,14 +161,32 @@ func (c *TokenCache) refreshAsync(key string, e *cacheEntry) {
 }
 
 func (c *TokenCache) evictLRULocked() {
-	var oldest string
+	var oldest cacheKey
 	var at int64
+	found := false
 	for k, e := range c.m {
-		if u := e.lastUsed.Load(); oldest == "" || u < at {
-			oldest, at = k, u
+		if u := e.lastUsed.Load(); !found || u < at {
+			oldest, at, found = k, u, true
 		}
 	}
 	delete(c.m, oldest)
+}
+
+// forget drops every entry whose key drop selects (e.g. the tokens of a ServiceAccount whose last
+// pod left the node) and returns how many went.
+func (c *TokenCache) forget(drop func(cacheKey) bool) int {
+	c.mu.Lock()
+	n := 0
+	for k := range c.m {
+		if drop(k) {
+			delete(c.m, k)
+			n++
+		}
+	}
+	left := len(c.m)
+	c.mu.Unlock()
+	c.metrics.cacheEntries.Set(float64(left))
+	return n
 }
 
 // Run refreshes entries that are still in use ahead of expiry and drops idle ones, until ctx ends.
@@ -197,7 +205,7 @@ func (c *TokenCache) Run(ctx context.Context) {
 
 func (c *TokenCache) sweep(now time.Time) {
 	c.mu.Lock()
-	var due []string
+	var due []cacheKey
 	var entries []*cacheEntry
 	for k, e := range c.m {
 		idle := now.Sub(time.Unix(0, e.lastUsed.Load())) > c.opts.IdleTTL
@@ -219,19 +227,19 @@ func (c *TokenCache) sweep(now time.Time) {
 
 // learnObjectID records the principal object ID a token revealed for an identity's static
 // credentials key. Bounded: past the cap, new keys are not learned (object_id then fails fast).
-func (c *TokenCache) learnObjectID(credKey, oid string) {
+func (c *TokenCache) learnObjectID(key credKey, oid string) {
 	c.oidMu.Lock()
-	if _, ok := c.oids[credKey]; ok || len(c.oids) < c.opts.MaxEntries {
-		c.oids[credKey] = oid
+	if _, ok := c.oids[key]; ok || len(c.oids) < c.opts.MaxEntries {
+		c.oids[key] = oid
 	}
 	c.oidMu.Unlock()
 }
 
 // objectID returns the principal object ID learned for a credentials key, if any.
-func (c *TokenCache) objectID(credKey string) string {
+func (c *TokenCache) objectID(key credKey) string {
 	c.oidMu.RLock()
 	defer c.oidMu.RUnlock()
-	return c.oids[credKey]
+	return c.oids[key]
 }
 
 // Len is the number of entries.
@@ -240,9 +248,6 @@ func (c *TokenCache) Len() int {
 	defer c.mu.RUnlock()
 	return len(c.m)
 }
-
-// cacheKey joins the credentials key and the resource.
-func cacheKey(credKey, resource string) string { return credKey + "\x00" + resource }
 
 func newEntry(toks []Token, fetch fetchFunc) *cacheEntry {
 	e := &cacheEntry{tokens: toks, fetch: fetch, expiresOn: toks[0].ExpiresOn}

@@ -16,7 +16,7 @@ import (
 // release is closed and then answer with err (nil: a fresh token).
 type refreshRig struct {
 	c       *TokenCache
-	key     string
+	key     cacheKey
 	calls   atomic.Int32
 	release chan struct{}
 	err     error
@@ -24,7 +24,7 @@ type refreshRig struct {
 
 func newRefreshRig(t *testing.T) *refreshRig {
 	t.Helper()
-	r := &refreshRig{c: NewTokenCache(CacheOptions{}, NewMetrics(nil), logr.Discard()), key: cacheKey("msi|refresh", armResource), release: make(chan struct{})}
+	r := &refreshRig{c: NewTokenCache(CacheOptions{}, NewMetrics(nil), logr.Discard()), key: cacheKey{cred: credKey{kind: credIMDS, resourceID: "refresh"}, resource: armResource}, release: make(chan struct{})}
 	fetch := func(ctx context.Context) ([]Token, error) {
 		if r.calls.Add(1) > 1 {
 			<-r.release

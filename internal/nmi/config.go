@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 )
 
 // Operation modes (--operation-mode).
@@ -67,8 +69,8 @@ type Config struct {
 	// reach Azure (cache misses and passthrough); cached answers are not limited.
 	PodRateLimit float64
 	PodRateBurst int
-	// PrefetchResources are fetched for an identity as soon as it is Assigned, besides the
-	// resources pods already asked for with that identity.
+	// PrefetchResources are fetched for an identity as soon as it is Assigned (federated: as
+	// soon as a bound pod is Running), besides the resources pods already asked for with it.
 	PrefetchResources []string
 	// PrefetchBudget bounds how long a prefetch keeps retrying while IMDS does not know the
 	// identity yet (propagation).
@@ -81,6 +83,43 @@ type Config struct {
 	AADClientOptions azcore.ClientOptions
 	// Events receives Warning events about identities NMI refuses (nil: none are recorded).
 	Events EventSink
+
+	// KubeClient mints ServiceAccount tokens for federated identities (TokenRequest API); nil:
+	// federated identities are refused with a clear error.
+	KubeClient kubernetes.Interface
+	// FederationPropagationWindow: Azure AD's "no matching federated credential" within this
+	// long of the newest creation of the identity, binding and pod is answered 503 + Retry-After
+	// (a new credential takes a while to be seen); later, 403 with the command that creates it.
+	// Zero: always 403.
+	FederationPropagationWindow time.Duration
+	// FederationDefaultTenantID is the tenant of federated identities without spec.tenantID.
+	FederationDefaultTenantID string
+	// HonorWorkloadIdentityAnnotations gives a pod that no binding selects the implicit federated
+	// identity its ServiceAccount's azure.workload.identity/client-id annotation names.
+	HonorWorkloadIdentityAnnotations bool
+	// Broker is NMI's own pod and ServiceAccount, whose tokens broker identities present.
+	Broker Broker
+}
+
+// Broker is NMI's own pod (downward API: POD_NAME, POD_NAMESPACE, POD_UID) and ServiceAccount.
+type Broker struct {
+	Namespace, PodName, ServiceAccount string
+	PodUID                             types.UID
+}
+
+// missing names the first unset field, as the setting that fills it ("" when complete).
+func (b Broker) missing() string {
+	switch {
+	case b.PodName == "":
+		return "POD_NAME"
+	case b.Namespace == "":
+		return "POD_NAMESPACE"
+	case b.PodUID == "":
+		return "POD_UID"
+	case b.ServiceAccount == "":
+		return "--service-account-name"
+	}
+	return ""
 }
 
 // SetDefaults fills zero values with upstream's defaults.
@@ -144,6 +183,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := newAuthorities(c.authorityHost(), c.AllowedADEndpoints); err != nil {
 		errs = append(errs, err)
+	}
+	if c.FederationPropagationWindow < 0 {
+		errs = append(errs, fmt.Errorf("--federation-propagation-window=%s must not be negative (0: no window)", c.FederationPropagationWindow))
 	}
 	if c.PodRateLimit > 0 && c.PodRateBurst < 1 {
 		errs = append(errs, errors.New("a per-pod rate limit needs a burst of at least 1"))

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"time"
+
+	"github.com/podidentity/podidentity/internal/nmi/imdsreq"
 )
 
 // Errors a token request can end in. Each maps to one status code (see statusOf and the table in
@@ -73,8 +75,9 @@ func statusOf(err error, retryAfterMode bool, retryAfter time.Duration) apiError
 	var pnf *PodNotFoundError
 	var amb *AmbiguousPodError
 	var up *UpstreamError
+	var tre *TokenRequestError
 	switch {
-	case errors.Is(err, ErrBadRequest), errors.Is(err, ErrNoMetadataHeader):
+	case errors.Is(err, imdsreq.ErrBadRequest), errors.Is(err, ErrNoMetadataHeader):
 		return apiError{http.StatusBadRequest, "invalid_request", msg, 0}
 	case errors.As(err, &pnf):
 		return apiError{http.StatusNotFound, "pod_not_found", msg, 0}
@@ -100,6 +103,15 @@ func statusOf(err error, retryAfterMode bool, retryAfter time.Duration) apiError
 		return apiError{http.StatusForbidden, "identity_refused", msg, 0}
 	case errors.Is(err, ErrIdentityMismatch):
 		return apiError{http.StatusForbidden, "identity_mismatch", msg, 0}
+	case errors.Is(err, ErrFederationPropagating):
+		return apiError{http.StatusServiceUnavailable, "federated_credential_propagating", msg, max(retryAfter, time.Second)}
+	case errors.Is(err, ErrNoFederatedCredential):
+		return apiError{http.StatusForbidden, "federated_credential_missing", msg, 0}
+	case errors.As(err, &tre):
+		if st := tre.status(); st == http.StatusForbidden {
+			return apiError{st, "service_account_token_refused", msg, 0}
+		}
+		return apiError{http.StatusServiceUnavailable, "service_account_token_unavailable", msg, time.Second}
 	case errors.As(err, &up):
 		switch {
 		case up.Status == http.StatusTooManyRequests:

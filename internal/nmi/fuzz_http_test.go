@@ -19,6 +19,8 @@ import (
 	"golang.org/x/net/http/httpguts"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podidentity/podidentity/internal/nmi/imdsreq"
 )
 
 // Raw HTTP requests, parsed as NMI's server parses them: the proxy filter and the whole handler
@@ -92,7 +94,7 @@ func FuzzServeHTTP(f *testing.F) {
 		fzNode.mu.Lock()
 		bad := fzNode.bad
 		fzNode.mu.Unlock()
-		route := classify(r.URL.Path, r.URL.RawPath, false)
+		route := imdsreq.Classify(r.URL.Path, r.URL.RawPath, false)
 		switch {
 		case w.Code == http.StatusInternalServerError:
 			t.Fatalf("500 for %q: %s", raw, body)
@@ -100,11 +102,11 @@ func FuzzServeHTTP(f *testing.F) {
 			t.Fatalf("answer is not JSON: %q", body)
 		case bad != "":
 			t.Fatalf("IMDS received %s", bad)
-		case route == routeToken && r.Method == http.MethodGet && r.Header.Get("Metadata") != "true" && w.Code != http.StatusBadRequest:
+		case route == imdsreq.RouteToken && r.Method == http.MethodGet && r.Header.Get("Metadata") != "true" && w.Code != http.StatusBadRequest:
 			t.Fatalf("token request without Metadata: true answered %d", w.Code)
-		case route == routeToken && w.Code == http.StatusOK:
+		case route == imdsreq.RouteToken && w.Code == http.StatusOK:
 			t.Fatalf("token for an unbound pod: %s", body)
-		case route == routeHostToken && from%3 != 0 && w.Code != http.StatusForbidden:
+		case route == imdsreq.RouteHostToken && from%3 != 0 && w.Code != http.StatusForbidden:
 			t.Fatalf("/host/token from %s answered %d", r.RemoteAddr, w.Code)
 		}
 	})

@@ -133,7 +133,7 @@ func FuzzVerifyClaims(f *testing.F) {
 		}
 		claimsOf(string(payload)) // also a raw (non-JWT) access token: must not panic
 		jwt := fzJWT(payload)
-		err := verifyManagedIdentity(Token{AccessToken: jwt, ClientID: answerCID}, fzIdentity(rid, cid))
+		err := verifyManagedIdentity(Token{AccessToken: jwt, ClientID: answerCID}, fzIdentity(rid, cid), "IMDS")
 		if err != nil {
 			if !errors.Is(err, ErrIdentityMismatch) {
 				t.Fatalf("refusal %v is not ErrIdentityMismatch", err)

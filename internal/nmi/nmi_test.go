@@ -417,7 +417,7 @@ func TestPrefetch(t *testing.T) {
 	h.binding("web", "web")
 	pod := h.pod("app", "web", nil)
 	h.assign(pod, id, aadv1.AssignedIDAssigned)
-	key := cacheKey(h.srv.staticCredKey(id), armResource)
+	key := cacheKey{cred: h.srv.staticCredKey(id), resource: armResource}
 	for h.srv.cache.Lookup(key) == nil {
 		select {
 		case <-h.store.Changed():

@@ -1,6 +1,8 @@
 package nmi
 
 import (
+	"time"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -26,6 +28,8 @@ type podInfo struct {
 	// IMDS passthrough: unlike labels and owner references, the pod's author cannot pick it
 	// freely where RBAC limits who may use a ServiceAccount.
 	ServiceAccount string
+	// Created is the pod's creation time (the federation propagation window counts from it).
+	Created time.Time
 }
 
 func (p *podInfo) key() string { return p.Namespace + "/" + p.Name }
@@ -51,6 +55,7 @@ func newPodInfo(pod *corev1.Pod) *podInfo {
 		Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, IP: pod.Status.PodIP,
 		Phase: pod.Status.Phase, Deleting: pod.DeletionTimestamp != nil, Labels: pod.Labels,
 		ContainersExited: allExited(pod.Status.ContainerStatuses), ServiceAccount: pod.Spec.ServiceAccountName,
+		Created: pod.CreationTimestamp.Time,
 	}
 	if pi.ServiceAccount == "" {
 		pi.ServiceAccount = "default"

@@ -9,6 +9,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
+	"github.com/podidentity/podidentity/internal/nmi/imdsreq"
 )
 
 // ErrRefused: the identity is one this node refuses to serve as configured (a Secret in another
@@ -81,7 +82,11 @@ func (a authorities) String() string {
 // Secret outside the identity's namespace (unless the operator allows it, and never for a
 // namespaced identity) and an adEndpoint that is not an allowed Azure AD authority.
 func (s *Server) checkPolicy(id *aadv1.AzureIdentity) error {
-	if id.Spec.Type == aadv1.UserAssignedMSI {
+	if id.Spec.IsFederated() {
+		if err := s.checkFederation(id); err != nil {
+			return err
+		}
+	} else if id.Spec.Type == aadv1.UserAssignedMSI {
 		return nil
 	}
 	if ns := id.Spec.ClientPassword.Namespace; ns != "" && ns != id.Namespace {
@@ -97,7 +102,7 @@ func (s *Server) checkPolicy(id *aadv1.AzureIdentity) error {
 	}
 	if ep := id.Spec.ADEndpoint; ep != "" && !s.authorities.allows(ep) {
 		return fmt.Errorf("%w: AzureIdentity %s/%s has spec.adEndpoint %s, which is not an allowed Azure AD authority (allowed: %s): leave it empty or use one of those, or ask the cluster operator to add the host to --allowed-ad-endpoints (chart value nmi.allowedADEndpoints)",
-			ErrRefused, id.Namespace, id.Name, clip(ep), s.authorities)
+			ErrRefused, id.Namespace, id.Name, imdsreq.Clip(ep), s.authorities)
 	}
 	return nil
 }

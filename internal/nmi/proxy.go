@@ -74,7 +74,7 @@ func newIMDSProxy(target *url.URL, m *Metrics, log logr.Logger) *httputil.Revers
 		// (those are refused before forwarding): never open a tunnel through NMI.
 		ModifyResponse: func(resp *http.Response) error {
 			if resp.StatusCode == http.StatusSwitchingProtocols {
-				return fmt.Errorf("%w (%d, Upgrade %q)", errUpstreamUpgrade, resp.StatusCode, clip(resp.Header.Get("Upgrade")))
+				return fmt.Errorf("%w (%d, Upgrade %q)", errUpstreamUpgrade, resp.StatusCode, imdsreq.Clip(resp.Header.Get("Upgrade")))
 			}
 			return nil
 		},
@@ -91,7 +91,7 @@ func newIMDSProxy(target *url.URL, m *Metrics, log logr.Logger) *httputil.Revers
 				writeError(w, apiError{http.StatusServiceUnavailable, "proxy_busy", err.Error() + ": retry in a moment", time.Second})
 			case errors.Is(err, errUpstreamUpgrade):
 				m.proxyRefused.WithLabelValues("upstream_upgrade").Inc()
-				log.Info("IMDS answer refused", "path", clip(r.URL.Path), "error", err.Error())
+				log.Info("IMDS answer refused", "path", imdsreq.Clip(r.URL.Path), "error", err.Error())
 				writeError(w, apiError{http.StatusBadGateway, "bad_gateway", err.Error() + "; NMI does not pass protocol switches on", 0})
 			default:
 				writeError(w, apiError{http.StatusBadGateway, "bad_gateway", fmt.Sprintf("forwarding to IMDS at %s: %v", target.Host, err), 0})
@@ -109,7 +109,7 @@ func (s *Server) serveProxy(w http.ResponseWriter, r *http.Request) string {
 	}
 	if !allowedIMDSPath(r.URL.Path, r.URL.RawPath, s.cfg.BlockInstanceMetadata) {
 		s.refuseProxy(w, r, apiError{http.StatusNotFound, "not_found",
-			fmt.Sprintf("NMI forwards only the documented IMDS API paths (%s); %q is not one of them", allowedPathList(s.cfg.BlockInstanceMetadata), clip(r.URL.Path)), 0})
+			fmt.Sprintf("NMI forwards only the documented IMDS API paths (%s); %q is not one of them", allowedPathList(s.cfg.BlockInstanceMetadata), imdsreq.Clip(r.URL.Path)), 0})
 		return ""
 	}
 	pod, err := s.findPod(r.Context(), remoteIP(r))
@@ -135,7 +135,7 @@ func (s *Server) passthrough(w http.ResponseWriter, r *http.Request) {
 // so they are logged at V(1) only.
 func (s *Server) refuseProxy(w http.ResponseWriter, r *http.Request, e apiError) {
 	s.metrics.proxyRefused.WithLabelValues(e.code).Inc()
-	s.log.V(1).Info("proxy request refused", "status", e.status, "remote", r.RemoteAddr, "method", clip(r.Method), "path", clip(r.URL.Path))
+	s.log.V(1).Info("proxy request refused", "status", e.status, "remote", r.RemoteAddr, "method", imdsreq.Clip(r.Method), "path", imdsreq.Clip(r.URL.Path))
 	if e.status == http.StatusMethodNotAllowed {
 		w.Header().Set("Allow", http.MethodGet)
 	}
@@ -148,7 +148,7 @@ func checkProxyRequest(r *http.Request) *apiError {
 	switch {
 	case r.Method != http.MethodGet:
 		return &apiError{http.StatusMethodNotAllowed, "method_not_allowed",
-			"The request method " + clip(r.Method) + " is not allowed: NMI forwards only GET requests to IMDS", 0}
+			"The request method " + imdsreq.Clip(r.Method) + " is not allowed: NMI forwards only GET requests to IMDS", 0}
 	case r.Header.Get("Upgrade") != "" || headerHasToken(r.Header, "Connection", "upgrade"):
 		return &apiError{http.StatusBadRequest, "upgrade_not_allowed",
 			"Protocol upgrades (Connection: Upgrade, Upgrade headers) are not allowed: IMDS is plain HTTP request/response; drop those headers", 0}

@@ -108,6 +108,8 @@ func (f *refusals) report(r *http.Request, pod *podInfo, g *grant, status int, e
 		reason = "IdentityMismatch"
 	case errors.Is(err, ErrRefused):
 		reason = "IdentityRefused"
+	case errors.Is(err, ErrNoFederatedCredential):
+		reason = "FederatedCredentialMissing"
 	default:
 		return
 	}

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+
+	"github.com/podidentity/podidentity/internal/nmi/imdsreq"
 )
 
 // Server is NMI's HTTP data plane: the IMDS look-alike that pods reach through the DNAT rule.
@@ -23,6 +25,7 @@ type Server struct {
 	cache   *TokenCache
 	imds    *IMDSClient
 	sp      *ServicePrincipalSource
+	fed     *FederatedSource
 	proxy   *httputil.ReverseProxy
 	metrics *Metrics
 	limits  *podLimiter
@@ -32,7 +35,7 @@ type Server struct {
 
 	prefetchSem chan struct{}
 	seenMu      sync.Mutex
-	seen        map[string]map[string]struct{} // credentials key -> resources pods asked for
+	seen        map[credKey]map[string]struct{} // static credentials key -> resources pods asked for
 
 	bufs sync.Pool
 }
@@ -47,7 +50,7 @@ func NewServer(cfg Config, store *Store, secrets SecretGetter, m *Metrics, log l
 		limits:      newPodLimiter(cfg.PodRateLimit, cfg.PodRateBurst),
 		prefetchSem: make(chan struct{}, 2),
 		refusals:    newRefusals(cfg.Events, log),
-		seen:        map[string]map[string]struct{}{},
+		seen:        map[credKey]map[string]struct{}{},
 		bufs:        sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }},
 	}
 	s.cache = NewTokenCache(cfg.Cache, m, log.WithName("cache"))
@@ -56,8 +59,11 @@ func NewServer(cfg Config, store *Store, secrets SecretGetter, m *Metrics, log l
 	s.sp = &ServicePrincipalSource{Secrets: secrets, AuthorityHost: cfg.AuthorityHost, ClientOptions: cfg.AADClientOptions}
 	target := &url.URL{Scheme: "http", Host: net.JoinHostPort(cfg.MetadataIP, strconv.Itoa(cfg.MetadataPort))}
 	s.proxy = newIMDSProxy(target, m, log.WithName("proxy")) // own transport and limits: proxy.go
+	s.fed = &FederatedSource{tokens: newSATokens(cfg.KubeClient), clientOptions: cfg.AADClientOptions,
+		authority: s.federationAuthority, tenant: s.federationTenant, log: log.WithName("federation")}
 	store.onAssigned = s.prefetch
-	store.onPodGone = s.limits.forget
+	store.onPodGone = s.podGone
+	store.onPodRunning = s.podRunning
 	return s
 }
 
@@ -98,7 +104,7 @@ func (r *recorder) Flush() {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &recorder{ResponseWriter: w}
-	rt := classify(r.URL.Path, r.URL.RawPath, s.cfg.BlockInstanceMetadata)
+	rt := imdsreq.Classify(r.URL.Path, r.URL.RawPath, s.cfg.BlockInstanceMetadata)
 	ns := ""
 	defer func() {
 		if p := recover(); p != nil {
@@ -110,13 +116,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics.operations.WithLabelValues(rt.String(), s.metrics.status(rec.status), ns).Observe(time.Since(start).Seconds())
 	}()
 	switch rt {
-	case routeToken:
+	case imdsreq.RouteToken:
 		ns = s.serveToken(rec, r)
-	case routeInvalidToken:
+	case imdsreq.RouteInvalidToken:
 		writeError(rec, apiError{http.StatusBadRequest, "invalid_request", "Invalid request: the path looks like the token path but is not it; use /metadata/identity/oauth2/token", 0})
-	case routeHostToken:
+	case imdsreq.RouteHostToken:
 		ns = s.serveHostToken(rec, r)
-	case routeBlocked:
+	case imdsreq.RouteBlocked:
 		writeError(rec, apiError{http.StatusForbidden, "forbidden", "Request blocked by AAD Pod Identity NMI: /metadata/instance is blocked on this node (--block-instance-metadata)", 0})
 	default:
 		if s.cfg.MetadataHeaderRequired && r.Header.Get("Metadata") != "true" {
@@ -168,14 +174,14 @@ func remoteIP(r *http.Request) string {
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) string {
 	if r.Method != http.MethodGet {
 		w.Header().Set("Allow", http.MethodGet)
-		writeError(w, apiError{http.StatusMethodNotAllowed, "invalid_request", "The request method " + clip(r.Method) + " is not allowed on the token endpoint; use GET", 0})
+		writeError(w, apiError{http.StatusMethodNotAllowed, "invalid_request", "The request method " + imdsreq.Clip(r.Method) + " is not allowed on the token endpoint; use GET", 0})
 		return ""
 	}
 	if s.cfg.MetadataHeaderRequired && r.Header.Get("Metadata") != "true" {
 		s.fail(w, r, nil, ErrNoMetadataHeader)
 		return ""
 	}
-	q, err := ParseTokenQuery(r.URL.RawQuery)
+	q, err := imdsreq.ParseTokenQuery(r.URL.RawQuery)
 	if err != nil {
 		s.fail(w, r, nil, err)
 		return ""
@@ -221,10 +227,10 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request) string {
 	}
 	podName, podNS := r.Header.Get("podname"), r.Header.Get("podns")
 	if podName == "" || podNS == "" {
-		s.fail(w, r, nil, fmt.Errorf("%w: missing 'podname' and 'podns' from request header: name the pod whose identity you want", ErrBadRequest))
+		s.fail(w, r, nil, fmt.Errorf("%w: missing 'podname' and 'podns' from request header: name the pod whose identity you want", imdsreq.ErrBadRequest))
 		return ""
 	}
-	q, err := ParseTokenQuery(r.URL.RawQuery)
+	q, err := imdsreq.ParseTokenQuery(r.URL.RawQuery)
 	if err != nil {
 		s.fail(w, r, nil, err)
 		return ""

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
+	"github.com/podidentity/podidentity/internal/nmi/imdsreq"
 )
 
 // Token is one access token as NMI hands it out.
@@ -31,8 +32,8 @@ type Token struct {
 
 // TokenSource gets fresh tokens for one identity from Azure. The result has one token, or one per
 // tenant (primary first) for a service principal with auxiliary tenants. Implementations are the
-// IMDS source (type 0) and the Azure AD sources (types 1 and 2); a workload-identity federation
-// source fits the same shape.
+// IMDS source (type 0), the Azure AD sources (types 1 and 2) and the federated source (a
+// subjectSource per ServiceAccount, federated.go).
 type TokenSource interface {
 	Fetch(ctx context.Context, id *aadv1.AzureIdentity, resource string) ([]Token, error)
 }
@@ -159,7 +160,7 @@ func imdsAnswer(status int, retryAfter string, body []byte, id *aadv1.AzureIdent
 			Description string `json:"error_description"`
 		}
 		_ = json.Unmarshal(body, &eb)
-		ue.Code, ue.Description = clip(eb.Error), string(clipBytes([]byte(eb.Description)))
+		ue.Code, ue.Description = imdsreq.Clip(eb.Error), string(clipBytes([]byte(eb.Description)))
 		if ue.Description == "" {
 			ue.Description = strings.TrimSpace(string(clipBytes(body)))
 		}
@@ -175,7 +176,7 @@ func imdsAnswer(status int, retryAfter string, body []byte, id *aadv1.AzureIdent
 	if err != nil {
 		return nil, &UpstreamError{Service: "imds", Status: http.StatusBadGateway, Code: "invalid_response", Description: err.Error()}
 	}
-	if err := verifyManagedIdentity(tok, id); err != nil {
+	if err := verifyManagedIdentity(tok, id, "IMDS"); err != nil {
 		return nil, err
 	}
 	tok.ClientID = id.Spec.ClientID

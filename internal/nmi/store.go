@@ -38,7 +38,9 @@ type Store struct {
 	// onAssigned is called (outside the lock) when an assignment becomes Assigned.
 	onAssigned func(*aaiInfo)
 	// onPodGone is called when a pod leaves the node, to drop per-pod state such as rate limiters.
-	onPodGone func(types.UID)
+	onPodGone func(*podInfo)
+	// onPodRunning is called (outside the lock) when a pod with an IP becomes Running.
+	onPodRunning func(*podInfo)
 }
 
 // NewStore returns an empty store.
@@ -71,7 +73,8 @@ func (s *Store) notifyLocked() {
 func (s *Store) UpsertPod(pod *corev1.Pod) {
 	pi := newPodInfo(pod)
 	s.mu.Lock()
-	if old := s.podsByKey[pi.key()]; old != nil {
+	old := s.podsByKey[pi.key()]
+	if old != nil {
 		s.unindexPodLocked(old)
 	}
 	s.podsByKey[pi.key()] = pi
@@ -85,6 +88,26 @@ func (s *Store) UpsertPod(pod *corev1.Pod) {
 	}
 	s.notifyLocked()
 	s.mu.Unlock()
+	running := pi.Phase == corev1.PodRunning && pi.IP != "" && !pi.gone(false)
+	wasRunning := old != nil && old.UID == pi.UID && old.Phase == corev1.PodRunning && old.IP != ""
+	if running && !wasRunning && s.onPodRunning != nil {
+		s.onPodRunning(pi)
+	}
+	if old != nil && old.UID != pi.UID && s.onPodGone != nil {
+		s.onPodGone(old) // replaced by a pod of the same name
+	}
+}
+
+// hasPodOfServiceAccount reports whether a pod of this node runs as sa.
+func (s *Store) hasPodOfServiceAccount(sa types.NamespacedName) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, p := range s.podsByKey {
+		if p.Namespace == sa.Namespace && p.ServiceAccount == sa.Name {
+			return true
+		}
+	}
+	return false
 }
 
 // DeletePod forgets a pod.
@@ -98,7 +121,7 @@ func (s *Store) DeletePod(namespace, name string) {
 	}
 	s.mu.Unlock()
 	if old != nil && s.onPodGone != nil {
-		s.onPodGone(old.UID)
+		s.onPodGone(old)
 	}
 }
 

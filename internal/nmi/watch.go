@@ -94,7 +94,7 @@ func slimPod(o any) (any, error) {
 	}
 	return &corev1.Pod{
 		TypeMeta: p.TypeMeta,
-		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, Labels: p.Labels,
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID, Labels: p.Labels, CreationTimestamp: p.CreationTimestamp,
 			OwnerReferences: p.OwnerReferences, DeletionTimestamp: p.DeletionTimestamp, ResourceVersion: p.ResourceVersion},
 		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork,
 			ServiceAccountName: p.Spec.ServiceAccountName},
