@@ -78,8 +78,8 @@ type propagationError struct {
 }
 
 func (e *propagationError) Error() string {
-	return fmt.Sprintf("Azure AD does not match a federated credential yet for subject %q on client %s (AzureIdentity %s/%s, AADSTS%d); the identity, binding or pod was created %s ago, and a new credential takes up to %s to be seen: retry. If it persists: %s",
-		e.cause.Subject, e.cause.Identity.Spec.ClientID, e.cause.Identity.Namespace, e.cause.Identity.Name, e.cause.Code,
+	return fmt.Sprintf("Azure AD does not match a federated credential yet for subject %q on client %s (AzureIdentity %s/%s, AADSTS%d, trace ID %s, correlation ID %s); the identity, binding or pod was created %s ago, and a new credential takes up to %s to be seen: retry. If it persists: %s",
+		e.cause.Subject, e.cause.Identity.Spec.ClientID, e.cause.Identity.Namespace, e.cause.Identity.Name, e.cause.Code, e.cause.TraceID, e.cause.CorrelationID,
 		time.Since(e.newest).Round(time.Second), e.window, e.cause.FixCommand())
 }
 

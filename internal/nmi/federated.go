@@ -108,7 +108,8 @@ func (f *FederatedSource) exchangeError(err error, id *aadv1.AzureIdentity, tena
 	if len(body.Codes) > 0 {
 		code = body.Codes[0]
 	}
-	f.log.Info("Azure AD refused a federated token exchange", "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID,
+	// V(1): every refusal also reaches the pod's answer and the sampled refusal log, codes included.
+	f.log.V(1).Info("Azure AD refused a federated token exchange", "identity", id.Namespace+"/"+id.Name, "clientID", id.Spec.ClientID,
 		"subject", subj.subjectString(), "status", afe.RawResponse.StatusCode, "error", imdsreq.Clip(body.Error), "aadsts", code,
 		"traceID", imdsreq.Clip(body.TraceID), "correlationID", imdsreq.Clip(body.CorrelationID))
 	if slices.Contains(noMatchCodes, code) {

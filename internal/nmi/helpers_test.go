@@ -110,6 +110,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 		RetryAttemptsForCreated: 4, RetryAttemptsForAssigned: 2, FindIdentityRetryInterval: 100 * time.Millisecond,
 		PodWaitTimeout: 100 * time.Millisecond, RetryAfter: time.Second,
 		AuthorityHost: emu.AADURL(), AADClientOptions: emu.ClientOptions(),
+		KubeClient: kubernetes.NewForConfigOrDie(env.Config),
 	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
