@@ -72,6 +72,11 @@ type options struct {
 	serveDeletingPods          bool
 	requireSABindings          bool
 	shutdownGrace              time.Duration
+	// Federated identities (issue 15).
+	federationPropagationWindow      time.Duration
+	honorWorkloadIdentityAnnotations bool
+	federationDefaultTenantID        string
+	serviceAccountName               string
 	// For benchmarks and tests on a developer machine only.
 	redirect         bool
 	cleanupIPTables  bool
@@ -118,6 +123,10 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.redirect, "redirect", true, "install the iptables redirect of IMDS traffic to NMI; false is for benchmarks and tests only (NMI then never touches iptables, sysctls or conntrack, and pods reach it only when called directly)")
 	fs.StringVar(&o.auxListenAddress, "aux-listen-address", "", "address of the probe and Prometheus servers; empty listens on all interfaces (kubelet probes come to the node IP); 127.0.0.1 keeps them off the network (benchmarks, tests)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 2*time.Second, "how long to keep serving after SIGTERM (/readyz answers 503 meanwhile); the iptables rules stay unless NMI's DaemonSet is being deleted")
+	fs.DurationVar(&o.federationPropagationWindow, "federation-propagation-window", nmi.DefaultFederationPropagationWindow, "federated identities: Azure AD's \"no matching federated credential\" within this long of the newest creation of the identity, its binding and the pod is answered 503 + Retry-After (a new credential takes a while to be seen); later 403 with the az command that creates it (0: always 403)")
+	fs.BoolVar(&o.honorWorkloadIdentityAnnotations, "honor-workload-identity-annotations", false, "give a pod that no binding selects the federated identity its ServiceAccount's azure.workload.identity/client-id (and tenant-id) annotations name, as Azure Workload Identity does")
+	fs.StringVar(&o.federationDefaultTenantID, "federation-default-tenant-id", "", "tenant of implicit Workload Identity identities whose ServiceAccount has no azure.workload.identity/tenant-id annotation (default: the azure.json tenant, when NMI has one)")
+	fs.StringVar(&o.serviceAccountName, "service-account-name", os.Getenv("SERVICE_ACCOUNT_NAME"), "NMI's own ServiceAccount (default $SERVICE_ACCOUNT_NAME), whose tokens broker identities (spec.federation.subject Broker) present; with POD_NAME, POD_NAMESPACE and POD_UID from the downward API")
 	fs.BoolVar(&o.cleanupIPTables, "cleanup-iptables", false, "remove NMI's iptables rules (nat chain aad-metadata, filter chain aad-metadata-localnet, their jumps) from this node and exit; for nodes left with them after an uninstall")
 }
 
@@ -134,6 +143,9 @@ func (o *options) validate() error {
 	}
 	if o.auxListenAddress != "" && net.ParseIP(o.auxListenAddress) == nil {
 		errs = append(errs, fmt.Errorf("--aux-listen-address=%q is not an IP address: use one, or leave it empty for all interfaces", o.auxListenAddress))
+	}
+	if o.federationPropagationWindow < 0 {
+		errs = append(errs, fmt.Errorf("--federation-propagation-window=%s must not be negative (0: no window)", o.federationPropagationWindow))
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		errs = append(errs, fmt.Errorf("--log-format=%q: use text or json", o.logFormat))
@@ -153,6 +165,8 @@ func (o *options) config() nmi.Config {
 		FindIdentityRetryInterval: time.Duration(o.findIdentityRetryInterval) * time.Second,
 		SetRetryAfterHeader:       o.setRetryAfterHeader, PodRateLimit: o.podRateLimit, PodRateBurst: o.podRateBurst,
 		PrefetchResources: o.prefetchResources, Cache: nmi.CacheOptions{MaxEntries: o.cacheMaxEntries},
+		FederationPropagationWindow: o.federationPropagationWindow, HonorWorkloadIdentityAnnotations: o.honorWorkloadIdentityAnnotations,
+		FederationDefaultTenantID: o.federationDefaultTenantID,
 	}
 	c.SetDefaults()
 	return c
@@ -206,6 +220,8 @@ func run(ctx context.Context, o *options, log logr.Logger) error {
 	if err := cfg.LoadCloud(os.Getenv); err != nil {
 		return err
 	}
+	// Broker identities present NMI's own token, bound to NMI's pod (downward API env vars).
+	cfg.Broker = nmi.BrokerFromEnv(os.Getenv, o.serviceAccountName)
 	if !o.allowKubenet {
 		facts, err := nmi.ReadNetworkFacts(o.kubeletConfig, o.cniConfDir)
 		if err != nil {
@@ -251,6 +267,7 @@ func run(ctx context.Context, o *options, log logr.Logger) error {
 	secrets := nmi.NewSecretWatcher(ctx, kc)
 	go secrets.RetainReferenced(ctx, store)
 	cfg.Events = nmi.NewEventRecorder(ctx, kc, cfg.NodeName)
+	cfg.KubeClient = kc // TokenRequests for federated identities
 	srv := nmi.NewServer(cfg, store, secrets, metrics, log.WithName("server"))
 	go srv.Run(ctx)
 

@@ -20,6 +20,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/podidentity/podidentity/internal/nmi"
 	"github.com/podidentity/podidentity/internal/testenv"
 )
 
@@ -265,4 +266,35 @@ func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// Issue 15: the federation flags reach the config; a negative window is refused by name.
+func TestFederationFlags(t *testing.T) {
+	var o options
+	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
+	o.AddFlags(fs)
+	if o.federationPropagationWindow != 5*time.Minute || o.honorWorkloadIdentityAnnotations {
+		t.Errorf("defaults: window %s, honor %v; want 5m, false", o.federationPropagationWindow, o.honorWorkloadIdentityAnnotations)
+	}
+	if err := fs.Parse([]string{"--node=n", "--federation-propagation-window=90s", "--honor-workload-identity-annotations",
+		"--federation-default-tenant-id=t1", "--service-account-name=nmi"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.validate(); err != nil {
+		t.Fatal(err)
+	}
+	c := o.config()
+	if c.FederationPropagationWindow != 90*time.Second || !c.HonorWorkloadIdentityAnnotations || c.FederationDefaultTenantID != "t1" {
+		t.Errorf("config not taken from flags: %+v", c)
+	}
+	env := map[string]string{"POD_NAME": "nmi-x", "POD_NAMESPACE": "kube-system", "POD_UID": "u1"}
+	if b := nmi.BrokerFromEnv(func(k string) string { return env[k] }, o.serviceAccountName); b.PodName != "nmi-x" || b.Namespace != "kube-system" || b.PodUID != "u1" || b.ServiceAccount != "nmi" {
+		t.Errorf("broker %+v", b)
+	}
+	if err := fs.Parse([]string{"--federation-propagation-window=-1s"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "--federation-propagation-window") {
+		t.Errorf("negative window: %v", err)
+	}
 }

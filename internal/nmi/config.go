@@ -101,6 +101,16 @@ type Config struct {
 	Broker Broker
 }
 
+// DefaultFederationPropagationWindow is --federation-propagation-window's default: real Azure AD
+// takes seconds to a few minutes to see a new federated credential.
+const DefaultFederationPropagationWindow = 5 * time.Minute
+
+// BrokerFromEnv reads NMI's own pod from the downward API's env vars (POD_NAME, POD_NAMESPACE,
+// POD_UID) and its ServiceAccount from --service-account-name.
+func BrokerFromEnv(getenv func(string) string, serviceAccount string) Broker {
+	return Broker{PodName: getenv("POD_NAME"), Namespace: getenv("POD_NAMESPACE"), PodUID: types.UID(getenv("POD_UID")), ServiceAccount: serviceAccount}
+}
+
 // Broker is NMI's own pod (downward API: POD_NAME, POD_NAMESPACE, POD_UID) and ServiceAccount.
 type Broker struct {
 	Namespace, PodName, ServiceAccount string
