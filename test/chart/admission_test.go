@@ -182,13 +182,15 @@ func TestAdmissionPolicyInChinaCloud(t *testing.T) {
 }
 
 func TestAdmissionPolicyValues(t *testing.T) {
-	if o := find(render(t, "r", "n", map[string]any{"admissionPolicy": map[string]any{"enabled": false}}), "ValidatingAdmissionPolicy", ""); o != nil {
+	// Federation's TokenRequest grant needs the admission policy (tokenrequest_test.go).
+	if o := find(render(t, "r", "n", map[string]any{"admissionPolicy": map[string]any{"enabled": false},
+		"nmi": map[string]any{"federation": map[string]any{"enabled": false}}}), "ValidatingAdmissionPolicy", ""); o != nil {
 		t.Errorf("admissionPolicy.enabled=false still renders %s", o.Name)
 	}
 	// Custom clouds keep their authority in a file on the nodes: the policy allows the empty
 	// adEndpoint (NMI's default, the custom authority) and the listed hosts only, and says so.
 	objs := render(t, "r", "n", map[string]any{"mic": map[string]any{"customCloud": map[string]any{"enabled": true}}})
-	if p := find(objs, "ValidatingAdmissionPolicy", ""); p == nil || !strings.Contains(p.YAML, "(allowed: none)") ||
+	if p := find(objs, "ValidatingAdmissionPolicy", "-azureidentity"); p == nil || !strings.Contains(p.YAML, "(allowed: none)") ||
 		!strings.Contains(p.YAML, "custom cloud") {
 		t.Errorf("with a custom cloud the policy should allow only an empty adEndpoint and say why:\n%v", p)
 	}
