@@ -2,6 +2,7 @@ package chart_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
@@ -20,10 +21,12 @@ func can(t *testing.T, saNamespace, sa, verb, group, resource, namespace, name s
 
 func canUser(t *testing.T, user string, groups []string, verb, group, resource, namespace, name string) bool {
 	t.Helper()
+	// "serviceaccounts/token" is the token subresource of ServiceAccounts.
+	resource, sub, _ := strings.Cut(resource, "/")
 	sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
 		User: user, Groups: append(groups, "system:authenticated"),
 		ResourceAttributes: &authorizationv1.ResourceAttributes{
-			Namespace: namespace, Verb: verb, Group: group, Resource: resource, Name: name},
+			Namespace: namespace, Verb: verb, Group: group, Resource: resource, Subresource: sub, Name: name},
 	}}
 	if err := env.Client.Create(testenv.Context(t), sar); err != nil {
 		t.Fatalf("SubjectAccessReview: %v", err)
@@ -94,6 +97,12 @@ func TestRBACGranted(t *testing.T) {
 				{nmi, "update", "", "pods", other, false, ""},
 				{nmi, "list", "", "nodes", "", false, ""},
 				{nmi, "create", aad, "azureidentities", other, false, ""},
+				// Federated identities (nmi.federation.enabled, on by default): tokens of any
+				// ServiceAccount, which the TokenRequest admission policy narrows
+				// (tokenrequest_test.go); nothing else on ServiceAccounts.
+				{nmi, "create", "", "serviceaccounts/token", other, true, ""},
+				{nmi, "get", "", "serviceaccounts", other, false, ""},
+				{nmi, "create", "", "serviceaccounts", other, false, ""},
 			}
 			checks = append(checks, secretAccess(s.name, nmi, ns, secretNS, other)...)
 			if !managed {
@@ -127,6 +136,7 @@ func TestRBACGranted(t *testing.T) {
 					access{mic, "update", aad, "azureidentities", other, false, ""},
 					access{mic, "delete", "", "pods", other, false, ""},
 					access{mic, "update", "", "nodes", "", false, ""},
+					access{mic, "create", "", "serviceaccounts/token", other, false, ""},
 				)
 			}
 			// The apiserver's RBAC authorizer reads from an informer cache, so fresh bindings take a
