@@ -16,6 +16,7 @@ import (
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/emulator"
+	"github.com/podidentity/podidentity/internal/testenv"
 )
 
 // Benchmarks measure NMI the way upstream's v1.8.17 was measured (azure-wire-formats.md §B.4):
@@ -143,6 +144,30 @@ func BenchmarkCached(b *testing.B) {
 				})
 			}
 		}
+	}
+}
+
+// BenchmarkCachedFederated is BenchmarkCached's pods=1/imds=0s case for a federated identity
+// (bound by label, no assignment): compare the two in one run for the cost of the federated
+// cached path, e.g. go test -run '^$' -bench 'BenchmarkCached(Federated)?$' ./internal/nmi.
+func BenchmarkCachedFederated(b *testing.B) {
+	iss, err := env.PublishIssuer(testenv.Context(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := newHarness(b, harnessOpts{identities: []string{"bench"}, cfg: func(c *Config) { c.PodRateLimit = 0 }})
+	if err := h.emu.TrustIssuerCA(iss.CAPEM); err != nil {
+		b.Fatal(err)
+	}
+	h.fedIdentity("bench", aadv1.Federation{})
+	h.fic("bench", iss, h.ns, "bench")
+	h.binding("bench", "bench")
+	pod := h.saPod(h.ns, "p0", "bench", "bench")
+	h.waitBound(pod)
+	for _, c := range []int{1, 8} {
+		b.Run(fmt.Sprintf("pods=1/c=%d", c), func(b *testing.B) {
+			load(b, pod.Status.PodIP, "http://"+h.addr+tokenPath(armResource), http.Header{"Metadata": {"true"}}, c, max(b.N, 1000), nil)
+		})
 	}
 }
 
