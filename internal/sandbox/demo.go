@@ -82,6 +82,13 @@ func (s *Sandbox) RunDemo(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if s.Opts.FederatedDemo {
+		fed, err := s.FederatedDemoObjects(DemoNamespace)
+		if err != nil {
+			return err
+		}
+		objs = append(objs, fed...)
+	}
 	var docs []string
 	for _, o := range objs {
 		b, _ := yaml.Marshal(o)
@@ -102,12 +109,19 @@ func (s *Sandbox) RunDemo(ctx context.Context) error {
 	}
 	s.progress("demo applied (%s): AzureIdentity %s, binding selector %q, Deployment %s with %d pods; waiting for their tokens",
 		manifest, Identities[0], DemoSelector, DemoName, s.Opts.DemoReplicas)
+	if s.Opts.FederatedDemo {
+		s.progress("federated demo applied: AzureIdentity %s (spec.federation), binding to ServiceAccount %s, Deployment %s with 1 pod",
+			FederatedIdentity, FederatedServiceAccount, FederatedDemoName)
+	}
 	wctx, cancel := context.WithTimeout(ctx, s.Opts.StartTimeout)
 	defer cancel()
 	for {
 		got := s.demoTokens()
 		if len(got) >= s.Opts.DemoReplicas {
 			s.progress("all %d demo pods hold tokens", len(got))
+			if s.Opts.FederatedDemo {
+				s.waitFederatedDemo(ctx)
+			}
 			return nil
 		}
 		_, next := s.Results()
@@ -161,7 +175,7 @@ func (s *Sandbox) Summary() string {
 		}
 		sort.Strings(names)
 		idName := map[string]string{}
-		for _, n := range Identities {
+		for _, n := range append(append([]string{}, Identities...), FederatedIdentity) {
 			if info, err := s.Emulator.Identity(n); err == nil {
 				idName[strings.ToLower(info.ClientID)] = n
 			}
@@ -181,6 +195,9 @@ func (s *Sandbox) Summary() string {
 				time.Unix(r.Result.ExpiresOn, 0).UTC().Format(time.RFC3339), t.Sub(r.PodCreated).Round(100*time.Millisecond))
 		}
 		tw.Flush()
+	}
+	if s.Opts.FederatedDemo {
+		b.WriteString(s.federatedSummary())
 	}
 	fmt.Fprintf(&b, `
 Continue with:

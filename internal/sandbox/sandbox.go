@@ -72,6 +72,8 @@ type Options struct {
 	Demo bool
 	// DemoReplicas is the demo Deployment's size.
 	DemoReplicas int
+	// FederatedDemo adds the federated demo (FederatedDemoObjects) to Demo.
+	FederatedDemo bool
 	// KeepFiles keeps the run directory (logs) after stopping.
 	KeepFiles bool
 	// Verbosity is the -v of MIC and NMI.
@@ -100,6 +102,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.NMIArgs, "nmi-arg", nil, "Extra NMI flag (repeatable).")
 	fs.BoolVar(&o.Demo, "demo", true, "Apply the demo identity, binding and Deployment, wait for their tokens and print a summary.")
 	fs.IntVar(&o.DemoReplicas, "demo-replicas", 3, "Pods of the demo Deployment.")
+	fs.BoolVar(&o.FederatedDemo, "federated-demo", true, "With --demo, also apply the federated demo: an identity on no VM whose tokens NMI gets by workload identity federation.")
 	fs.BoolVar(&o.KeepFiles, "keep-files", false, "Keep the run directory (logs) after stopping.")
 	fs.IntVar(&o.Verbosity, "component-v", 2, "Log verbosity (-v) of MIC and NMI; their logs are in the run directory.")
 	fs.DurationVar(&o.RestartBackoff, "restart-backoff", 10*time.Second, "First crash-loop back-off of containers (doubles, up to 30x).")
@@ -379,6 +382,9 @@ func (s *Sandbox) build(ctx context.Context) error {
 func (s *Sandbox) startEmulator() error {
 	cfg, err := World(s.Opts.Timing)
 	if err != nil {
+		return err
+	}
+	if err := addFederatedDemo(&cfg, s.Issuer); err != nil {
 		return err
 	}
 	if s.Opts.World != nil {

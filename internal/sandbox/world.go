@@ -48,8 +48,8 @@ func timing(profile string) (emulator.Timing, error) {
 }
 
 // World returns the default emulated world: one subscription, the node resource group, one VM
-// scale set with two instances, one standalone VM, three user-assigned identities and MIC's
-// service principal.
+// scale set with two instances, one standalone VM, three user-assigned identities for standard
+// mode, one for federated mode (FederatedIdentity) and MIC's service principal.
 func World(profile string) (emulator.Config, error) {
 	t, err := timing(profile)
 	if err != nil {
@@ -71,6 +71,9 @@ func World(profile string) (emulator.Config, error) {
 	for _, name := range Identities {
 		cfg.UserAssignedIdentities = append(cfg.UserAssignedIdentities, emulator.IdentityConfig{Name: name})
 	}
+	// The federated demo's identity: on no VM, its federated credential is added once the
+	// apiserver's issuer is known (addFederatedDemo).
+	cfg.UserAssignedIdentities = append(cfg.UserAssignedIdentities, emulator.IdentityConfig{Name: FederatedIdentity})
 	return cfg, nil
 }
 
