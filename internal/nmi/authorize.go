@@ -116,7 +116,7 @@ func (s *Server) evaluate(pod *podInfo, q *imdsreq.TokenQuery) (*grant, lookupSt
 	if cur.gone(s.cfg.ServeDeletingPods) {
 		return nil, 0, fmt.Errorf("%w: pod %s is terminated or being deleted, so it is served no tokens (its IP may already belong to another pod)", ErrNotBound, pod.key())
 	}
-	bound, ignored := st.boundIdentitiesLocked(cur, s.bindingOptions())
+	bound, ignored := st.grantsLocked(cur, s.rules())
 	if len(bound) == 0 {
 		if len(ignored) > 0 {
 			// Wrapped in ErrRefused too, so that the refusal is reported as a Warning event on

@@ -77,7 +77,7 @@ func (h *harness) waitBound(pod *corev1.Pod) {
 		if p == nil || p.UID != pod.UID {
 			return false
 		}
-		bound, _ := s.boundIdentitiesLocked(p, h.srv.bindingOptions())
+		bound, _ := s.grantsLocked(p, h.srv.rules())
 		for _, g := range bound {
 			if g.id.Spec.IsFederated() {
 				return true
@@ -392,4 +392,33 @@ func TestFederatedTokenRequestForbidden(t *testing.T) {
 		!strings.Contains(body, h.ns+"/app") || !strings.Contains(body, "serviceaccounts/token") {
 		t.Fatalf("got %d %s, want 403 naming ServiceAccount %s/app and serviceaccounts/token", a.status, body, h.ns)
 	}
+}
+
+// With --honor-workload-identity-annotations, a pod no binding selects gets the federated
+// identity its ServiceAccount's azure.workload.identity annotations name; without, nothing.
+func TestFederatedWorkloadIdentityAnnotations(t *testing.T) {
+	h, iss := newFedHarness(t, harnessOpts{identities: []string{"wi"}, cfg: func(c *Config) { c.HonorWorkloadIdentityAnnotations = true }})
+	info, _ := h.emu.Identity("wi")
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "wi", Annotations: map[string]string{
+		WorkloadIdentityClientIDAnnotation: info.ClientID, WorkloadIdentityTenantIDAnnotation: info.TenantID}}}
+	env.Create(t, sa)
+	h.fic("wi", iss, h.ns, "wi")
+	pod := h.saPod(h.ns, "app", "", "wi")
+	plain := h.saPod(h.ns, "plain", "", "plain")
+	h.waitBound(pod)
+	a := h.token(pod)
+	wantStatus(t, a, http.StatusOK)
+	if c := h.claims(a); c["appid"] != info.ClientID {
+		t.Errorf("appid %v, want the annotation's %s", c["appid"], info.ClientID)
+	}
+	wantNotBound(t, h.token(plain), "a pod of an unannotated ServiceAccount")
+
+	off, iss2 := newFedHarness(t, harnessOpts{identities: []string{"wi"}})
+	sa2 := sa.DeepCopy()
+	sa2.Namespace, sa2.ResourceVersion, sa2.UID = off.ns, "", ""
+	env.Create(t, sa2)
+	off.fic("wi", iss2, off.ns, "wi")
+	p2 := off.saPod(off.ns, "app", "", "wi")
+	off.waitStore("pod", func(s *Store) bool { return s.podsByKey[off.ns+"/app"] != nil })
+	wantNotBound(t, off.token(p2), "annotations without --honor-workload-identity-annotations")
 }

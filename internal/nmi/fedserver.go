@@ -67,7 +67,7 @@ func (s *Server) checkFederation(id *aadv1.AzureIdentity) error {
 func (s *Server) podRunning(pod *podInfo) {
 	st := s.store
 	st.mu.RLock()
-	bound, _ := st.boundIdentitiesLocked(pod, s.bindingOptions())
+	bound, _ := st.grantsLocked(pod, s.rules())
 	st.mu.RUnlock()
 	for _, g := range bound {
 		if !g.id.Spec.IsFederated() || s.checkPolicy(g.id) != nil {
@@ -104,10 +104,17 @@ func (s *Server) isBrokerSubject(sa types.NamespacedName) bool {
 	return b.Namespace == sa.Namespace && b.ServiceAccount == sa.Name
 }
 
-// bindingOptions are the matching rules of this node's configuration.
-func (s *Server) bindingOptions() binding.Options {
-	return binding.Options{
+// bindingRules are the matching rules of a node's configuration: the bindings' and, optionally,
+// Azure Workload Identity's ServiceAccount annotations.
+type bindingRules struct {
+	binding.Options
+	honorWorkloadIdentity bool
+}
+
+// rules are this node's matching rules.
+func (s *Server) rules() bindingRules {
+	return bindingRules{Options: binding.Options{
 		ForceNamespaced:       s.cfg.ForceNamespaced || s.cfg.OperationMode == ModeManaged,
 		RequireServiceAccount: s.cfg.RequireServiceAccountBindings,
-	}
+	}, honorWorkloadIdentity: s.cfg.HonorWorkloadIdentityAnnotations}
 }

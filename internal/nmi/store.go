@@ -33,7 +33,10 @@ type Store struct {
 	// exceptions per namespace, sorted by name: the slice internal/binding.IsExcepted takes, kept
 	// ready so that a request allocates nothing.
 	exceptions map[string][]*aadv1.AzurePodIdentityException
-	changed    chan struct{}
+	// implicit holds the federated identities of ServiceAccounts with Azure Workload Identity's
+	// client-id annotation (only with --honor-workload-identity-annotations).
+	implicit map[types.NamespacedName]*aadv1.AzureIdentity
+	changed  chan struct{}
 
 	// onAssigned is called (outside the lock) when an assignment becomes Assigned.
 	onAssigned func(*aaiInfo)
@@ -52,6 +55,7 @@ func NewStore() *Store {
 		bySelector: map[string]map[string]*aadv1.AzureIdentityBinding{},
 		bySA:       map[saRef]map[string]*aadv1.AzureIdentityBinding{},
 		exceptions: map[string][]*aadv1.AzurePodIdentityException{},
+		implicit:   map[types.NamespacedName]*aadv1.AzureIdentity{},
 		changed:    make(chan struct{}),
 	}
 }

@@ -36,22 +36,17 @@ func Watch(ctx context.Context, restCfg *rest.Config, cfg Config, store *Store, 
 	if err != nil {
 		return fmt.Errorf("creating the informer cache: %w", err)
 	}
-	handlers := []struct {
-		obj     client.Object
-		upsert  func(any)
-		deleteF func(namespace, name string)
-	}{
+	handlers := []watchHandler{
 		{&corev1.Pod{}, func(o any) { store.UpsertPod(o.(*corev1.Pod)) }, store.DeletePod},
 		{&aadv1.AzureIdentity{}, func(o any) { store.UpsertIdentity(o.(*aadv1.AzureIdentity)) }, store.DeleteIdentity},
 		{&aadv1.AzureIdentityBinding{}, func(o any) { store.UpsertBinding(o.(*aadv1.AzureIdentityBinding)) }, store.DeleteBinding},
 		{&aadv1.AzurePodIdentityException{}, func(o any) { store.UpsertException(o.(*aadv1.AzurePodIdentityException)) }, store.DeleteException},
 	}
 	if standard {
-		handlers = append(handlers, struct {
-			obj     client.Object
-			upsert  func(any)
-			deleteF func(namespace, name string)
-		}{&aadv1.AzureAssignedIdentity{}, func(o any) { store.UpsertAAI(o.(*aadv1.AzureAssignedIdentity)) }, store.DeleteAAI})
+		handlers = append(handlers, watchHandler{&aadv1.AzureAssignedIdentity{}, func(o any) { store.UpsertAAI(o.(*aadv1.AzureAssignedIdentity)) }, store.DeleteAAI})
+	}
+	if cfg.HonorWorkloadIdentityAnnotations {
+		handlers = append(handlers, serviceAccountHandler(store))
 	}
 	for _, h := range handlers {
 		inf, err := c.GetInformer(ctx, h.obj)
@@ -81,9 +76,16 @@ func Watch(ctx context.Context, restCfg *rest.Config, cfg Config, store *Store, 
 		}
 	}()
 	if !c.WaitForCacheSync(ctx) {
-		return fmt.Errorf("informers did not sync: check the API server address and NMI's RBAC (list/watch pods, azureassignedidentities, azureidentities, azureidentitybindings, azurepodidentityexceptions): %w", ctx.Err())
+		return fmt.Errorf("informers did not sync: check the API server address and NMI's RBAC (list/watch pods, azureassignedidentities, azureidentities, azureidentitybindings, azurepodidentityexceptions; serviceaccounts with --honor-workload-identity-annotations): %w", ctx.Err())
 	}
 	return nil
+}
+
+// watchHandler feeds one kind into the store.
+type watchHandler struct {
+	obj     client.Object
+	upsert  func(any)
+	deleteF func(namespace, name string)
 }
 
 // slimPod keeps only what NMI reads, so 200 pods per node cost little memory.
