@@ -39,9 +39,30 @@ func (r Resource) ID() string {
 		r.SubscriptionID, r.ResourceGroup, r.Kind, r.Name)
 }
 
-// Key is a comparable, case-insensitive key for maps: ARM names are case-insensitive and
-// providerIDs come in either case.
-func (r Resource) Key() string { return strings.ToLower(r.ID()) }
+// ResourceKey is a comparable, case-insensitive key for maps: ARM names are case-insensitive and
+// providerIDs come in either case. The zero key names no resource.
+type ResourceKey struct {
+	kind                      Kind
+	subscription, group, name string
+}
+
+// Key returns r's map key.
+func (r Resource) Key() ResourceKey {
+	return ResourceKey{kind: Kind(strings.ToLower(string(r.Kind))), subscription: strings.ToLower(r.SubscriptionID),
+		group: strings.ToLower(r.ResourceGroup), name: strings.ToLower(r.Name)}
+}
+
+// IsZero reports whether k names no resource.
+func (k ResourceKey) IsZero() bool { return k == ResourceKey{} }
+
+// String is the lower-cased ARM ID ("" for the zero key). It is stable: MIC derives the names
+// of its ownership records from it.
+func (k ResourceKey) String() string {
+	if k.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("/subscriptions/%s/resourcegroups/%s/providers/microsoft.compute/%s/%s", k.subscription, k.group, k.kind, k.name)
+}
 
 // String is the ARM ID.
 func (r Resource) String() string { return r.ID() }

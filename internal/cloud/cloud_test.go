@@ -3,6 +3,7 @@ package cloud
 import (
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -55,5 +56,21 @@ func TestErrorIs(t *testing.T) {
 	}
 	if !errors.Is(&Error{StatusCode: 429}, ErrThrottled) || !errors.Is(&Error{StatusCode: 404}, ErrNotFound) {
 		t.Fatal("429 must be ErrThrottled and 404 ErrNotFound")
+	}
+}
+
+// The key's string form must equal the lower-cased ARM ID: MIC's ownership ConfigMap names are
+// a hash of it, and changing it would orphan every record written before.
+func TestResourceKeyIsCaseInsensitiveAndStable(t *testing.T) {
+	a := Resource{KindVMSS, "S1", "RG1", "Pool"}
+	b := Resource{KindVMSS, "s1", "rg1", "pool"}
+	if a.Key() != b.Key() {
+		t.Errorf("keys of %v and %v differ", a, b)
+	}
+	if got, want := a.Key().String(), strings.ToLower(a.ID()); got != want {
+		t.Errorf("Key().String() = %q, want %q", got, want)
+	}
+	if !(Resource{}).Key().IsZero() || a.Key().IsZero() {
+		t.Error("IsZero wrong")
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strings"
 
-	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/cloud"
 	"github.com/podidentity/podidentity/internal/mic/desired"
 )
@@ -80,28 +79,11 @@ func takeReported(next, reported cloud.Identities, added []string) (missing bool
 	return missing
 }
 
-// demote reports whether an Assigned AAI for a must go back to Created because ARM names
-// another client ID for its identity. When ARM names none the AAI is left as it is: it is not
-// promoted either, and a transient answer without the identity block must not take tokens away.
-func (r *groupRun) demote(a *desired.AAI) bool {
-	if r.key == desired.UnresolvedGroup {
-		return false
-	}
-	ce := checkClientID(a, r.res, r.known)
+// demotes reports whether an Assigned AAI for a must go back to Created because ARM names
+// another client ID for its identity on res. When ARM names none the AAI is left as it is: it is
+// not promoted either, and a transient answer without the identity block must not take tokens
+// away.
+func demotes(a *desired.AAI, res cloud.Resource, known cloud.Identities) bool {
+	ce := checkClientID(a, res, known)
 	return ce != nil && ce.Mismatch()
-}
-
-// contradicted reports whether one of the kept AAIs is Assigned although ARM names another
-// client ID for its identity, so that the resource is worked on (and the AAI demoted) without
-// waiting for another change.
-func contradicted(keep []desired.Pair, res cloud.Resource, known cloud.Identities) bool {
-	for _, p := range keep {
-		if p.Have.Status.Status != aadv1.AssignedIDAssigned {
-			continue
-		}
-		if ce := checkClientID(p.Want, res, known); ce != nil && ce.Mismatch() {
-			return true
-		}
-	}
-	return false
 }

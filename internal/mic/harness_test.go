@@ -171,9 +171,11 @@ func (w *world) startMIC(mo micOpts) *micProc {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	o := mic.Options{Namespace: w.ns, BatchIdle: 50 * time.Millisecond, BatchMax: 300 * time.Millisecond,
-		QuarantineBase: time.Minute, QuarantineMax: 5 * time.Minute, RetryBase: 100 * time.Millisecond, RetryMax: 2 * time.Second,
-		Defaults: cloudDefaults(w)}
+	o := mic.DefaultOptions()
+	o.Namespace, o.Defaults = w.ns, cloudDefaults(w)
+	o.BatchIdle, o.BatchMax = 50*time.Millisecond, 300*time.Millisecond
+	o.QuarantineBase, o.QuarantineMax = time.Minute, 5*time.Minute
+	o.RetryBase, o.RetryMax = 100*time.Millisecond, 2*time.Second
 	if s.Config.UserAssignedIdentityID != "" {
 		o.ImmutableClientIDs = append(o.ImmutableClientIDs, s.Config.UserAssignedIdentityID)
 	}

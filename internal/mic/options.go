@@ -1,22 +1,28 @@
 // Package mic is the Managed Identity Controller: it keeps AzureAssignedIdentities and the
 // user-assigned identities of VMs / VM scale sets in line with pods, bindings and identities.
 //
-// Structure: informer events mark the world dirty; a batcher coalesces bursts (idle window, max
-// wait); each pass recomputes the desired state with the pure package desired and queues the
-// VMs/VMSS whose state differs; workers reconcile one VM/VMSS at a time each (never two workers
-// on one resource), sending all of its identity changes in one PATCH. Nothing is queued and
-// dropped: a failed resource is simply reconciled again from a fresh desired state.
+// Structure: informer events (watch.go) mark the world dirty; a batcher coalesces bursts (idle
+// window, max wait; controller.go); each pass (pass.go) recomputes the desired state with the pure
+// package desired, stores it as a snapshot and queues every VM/VMSS. Workers reconcile one
+// VM/VMSS at a time each (never two workers on one resource; reconcile.go): read ARM when needed,
+// plan, apply in one PATCH per chunk (arm.go), and write the AzureAssignedIdentities
+// (aaiwrite.go). Nothing is queued and dropped: a failed resource is simply reconciled again from
+// a fresh desired state.
 package mic
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/podidentity/podidentity/internal/cloud"
 )
 
-// Options is everything that changes MIC's behaviour. Zero values get defaults in Defaulted.
+// Options is everything that changes MIC's behaviour. Start from DefaultOptions: a zero field is
+// invalid, not defaulted.
 type Options struct {
 	// Namespace is MIC's own namespace (MIC_POD_NAMESPACE): ownership records live there.
 	Namespace string
@@ -27,6 +33,9 @@ type Options struct {
 	// RequireServiceAccountBindings ignores bindings without spec.serviceAccountName, with a
 	// Warning event on each (--require-service-account-bindings).
 	RequireServiceAccountBindings bool
+	// SkipFederatedAssignments writes no AzureAssignedIdentities for federated identities
+	// (--skip-federated-assignments); NMI does not need them.
+	SkipFederatedAssignments bool
 	// ImmutableClientIDs are never removed from a VM/VMSS (--immutable-user-msis plus the
 	// cluster identity from the cloud config).
 	ImmutableClientIDs []string
@@ -53,34 +62,71 @@ type Options struct {
 	ChunkSize int
 }
 
-// Defaulted returns o with defaults filled in.
-func (o Options) Defaulted() Options {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
+// DefaultOptions are MIC's defaults, also those of its flags (the only place they are written).
+func DefaultOptions() Options {
+	return Options{
+		BatchIdle: time.Second, BatchMax: 5 * time.Second, Workers: 16, KubeWrites: 50,
+		ResyncInterval: time.Hour, ReconcileInterval: 3 * time.Minute,
+		QuarantineBase: 10 * time.Second, QuarantineMax: 10 * time.Minute,
+		RetryBase: time.Second, RetryMax: 5 * time.Minute, ChunkSize: cloud.MaxIdentitiesPerRequest,
+	}
+}
+
+// AddFlags registers the flags that set o, with o's current values as their defaults (call it on
+// DefaultOptions()). Namespace, ImmutableClientIDs and Defaults come from the environment and the
+// cloud config, so the command sets them.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	fs.BoolVar(&o.ForceNamespaced, "forceNamespaced", o.ForceNamespaced, "Require identity, binding and pod in one namespace (also env FORCENAMESPACED=true).")
+	fs.DurationVar(&o.ResyncInterval, "syncRetryDuration", o.ResyncInterval, "Period of a full pass even without events.")
+	fs.IntVar(&o.KubeWrites, "createDeleteBatch", o.KubeWrites, "Most concurrent AzureAssignedIdentity writes per VM/VMSS.")
+	fs.DurationVar(&o.ReconcileInterval, "identity-assignment-reconcile-interval", o.ReconcileInterval, "Period of re-reading every VM/VMSS and re-adding identities removed out of band.")
+	fs.BoolVar(&o.KeepFinishedPods, "keep-finished-pods", o.KeepFinishedPods, "Keep identities of Succeeded/Failed pods assigned (upstream behaviour).")
+	fs.BoolVar(&o.RequireServiceAccountBindings, "require-service-account-bindings", o.RequireServiceAccountBindings, "Ignore AzureIdentityBindings without spec.serviceAccountName (a Warning event on each says to set it); set the same on NMI.")
+	fs.BoolVar(&o.SkipFederatedAssignments, "skip-federated-assignments", o.SkipFederatedAssignments, "Write no AzureAssignedIdentities for federated identities (NMI resolves them from the bindings; kubectl get azureassignedidentities then omits them).")
+	fs.DurationVar(&o.BatchIdle, "batch-idle", o.BatchIdle, "Start a pass once no event arrived for this long.")
+	fs.DurationVar(&o.BatchMax, "batch-max", o.BatchMax, "Start a pass at the latest this long after the first event of a burst (a VM/VMSS whose PATCH is running collects later changes into its next PATCH anyway).")
+	fs.IntVar(&o.Workers, "workers", o.Workers, "VMs/VMSS reconciled in parallel.")
+}
+
+// ErrInvalidOptions is wrapped by every error of Validate.
+var ErrInvalidOptions = errors.New("invalid MIC options")
+
+// Validate reports the first option that cannot work, naming its flag and what to set.
+func (o Options) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidOptions, fmt.Sprintf(format, a...))
+	}
+	positive := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"--batch-idle", o.BatchIdle}, {"--batch-max", o.BatchMax}, {"--syncRetryDuration", o.ResyncInterval},
+		{"--identity-assignment-reconcile-interval", o.ReconcileInterval},
+		{"Options.QuarantineBase", o.QuarantineBase}, {"Options.QuarantineMax", o.QuarantineMax},
+		{"Options.RetryBase", o.RetryBase}, {"Options.RetryMax", o.RetryMax},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return bad("%s is %s: set a positive duration", p.name, p.d)
 		}
 	}
-	def(&o.BatchIdle, time.Second)
-	def(&o.BatchMax, 5*time.Second)
-	def(&o.ResyncInterval, time.Hour)
-	def(&o.ReconcileInterval, 3*time.Minute)
-	def(&o.QuarantineBase, 10*time.Second)
-	def(&o.QuarantineMax, 10*time.Minute)
-	def(&o.RetryBase, time.Second)
-	def(&o.RetryMax, 5*time.Minute)
-	if o.Workers <= 0 {
-		o.Workers = 16
+	switch {
+	case o.Namespace == "":
+		return bad("no namespace: set MIC_POD_NAMESPACE to MIC's namespace (the downward API field metadata.namespace)")
+	case o.BatchMax < o.BatchIdle:
+		return bad("--batch-max %s is shorter than --batch-idle %s: make it at least as long", o.BatchMax, o.BatchIdle)
+	case o.QuarantineMax < o.QuarantineBase:
+		return bad("Options.QuarantineMax %s is shorter than Options.QuarantineBase %s: make it at least as long", o.QuarantineMax, o.QuarantineBase)
+	case o.RetryMax < o.RetryBase:
+		return bad("Options.RetryMax %s is shorter than Options.RetryBase %s: make it at least as long", o.RetryMax, o.RetryBase)
+	case o.Workers < 1:
+		return bad("--workers is %d: set at least 1", o.Workers)
+	case o.KubeWrites < 1:
+		return bad("--createDeleteBatch is %d: set at least 1", o.KubeWrites)
+	case o.ChunkSize < 1 || o.ChunkSize > cloud.MaxIdentitiesPerRequest:
+		return bad("Options.ChunkSize is %d: set 1 to %d (ARM's limit per request)", o.ChunkSize, cloud.MaxIdentitiesPerRequest)
 	}
-	if o.KubeWrites <= 0 {
-		o.KubeWrites = 50
-	}
-	if o.ChunkSize <= 0 || o.ChunkSize > cloud.MaxIdentitiesPerRequest {
-		o.ChunkSize = cloud.MaxIdentitiesPerRequest
-	}
-	if o.Namespace == "" {
-		o.Namespace = "default"
-	}
-	return o
+	return nil
 }
 
 func (o Options) immutableSet() map[string]bool {
@@ -91,15 +137,4 @@ func (o Options) immutableSet() map[string]bool {
 		}
 	}
 	return m
-}
-
-// Validate reports options that cannot work.
-func (o Options) Validate() error {
-	if o.BatchMax < o.BatchIdle {
-		return fmt.Errorf("batch max wait %s is shorter than the idle window %s: make it at least as long", o.BatchMax, o.BatchIdle)
-	}
-	if o.QuarantineMax < o.QuarantineBase {
-		return fmt.Errorf("quarantine max %s is shorter than its base %s", o.QuarantineMax, o.QuarantineBase)
-	}
-	return nil
 }

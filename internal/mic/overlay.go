@@ -55,59 +55,86 @@ func (o *overlay) ours(obj *aadv1.AzureAssignedIdentity, deleted bool) bool {
 	return w.obj != nil && w.rv == rvOf(obj)
 }
 
-// apply merges the overlay into objects. Resource versions are compared as numbers: etcd's are,
-// and a newer object (someone else wrote after us) wins.
-//
-// With belongs nil, objs must be the informer cache's own objects: entries the cache has caught
-// up with are forgotten. With belongs set (a worker, on its snapshot, which may itself hold
-// overlay objects), nothing is forgotten, and only objects of the worker's group are added.
-func (o *overlay) apply(objs []*aadv1.AzureAssignedIdentity, belongs func(*aadv1.AzureAssignedIdentity) bool) []*aadv1.AzureAssignedIdentity {
+// prune forgets the writes the informer cache has caught up with; cached must be every AAI in
+// the cache. Resource versions are compared as numbers: etcd's are, and a newer object (someone
+// else wrote after us) wins.
+func (o *overlay) prune(cached []*aadv1.AzureAssignedIdentity) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if len(o.m) == 0 {
-		return objs
+		return
 	}
-	prune := belongs == nil
-	out := make([]*aadv1.AzureAssignedIdentity, 0, len(objs)+len(o.m))
 	seen := make(map[desired.Key]bool, len(o.m))
-	for _, c := range objs {
+	for _, c := range cached {
 		k := desired.Key{Namespace: c.Namespace, Name: c.Name}
 		w, ok := o.m[k]
 		if !ok {
-			out = append(out, c)
 			continue
 		}
 		seen[k] = true
 		crv := rvOf(c)
-		switch {
-		case w.obj == nil && crv > w.rv: // re-created after our delete
-			if prune {
-				delete(o.m, k)
-			}
-			out = append(out, c)
-		case w.obj == nil: // our delete not seen yet
-		case crv >= w.rv:
-			if prune {
-				delete(o.m, k)
-			}
-			out = append(out, c)
-		default:
-			out = append(out, w.obj)
+		if (w.obj == nil && crv > w.rv) || (w.obj != nil && crv >= w.rv) {
+			delete(o.m, k) // re-created after our delete, or our write (or a newer one) is cached
 		}
 	}
 	for k, w := range o.m {
-		if seen[k] {
-			continue
+		if !seen[k] && w.obj == nil {
+			delete(o.m, k) // the whole cache agrees it is gone
 		}
-		if w.obj == nil {
-			if prune {
-				delete(o.m, k) // the whole cache agrees it is gone
-			}
-			continue
+	}
+}
+
+// view is one VM/VMSS's objects as MIC last left them: cached (that group's objects from the
+// informer cache) with MIC's newer writes merged in, its deletions left out, and the objects it
+// created that the cache does not show yet (those belongs picks) added.
+func (o *overlay) view(cached []*aadv1.AzureAssignedIdentity, belongs func(*aadv1.AzureAssignedIdentity) bool) []*aadv1.AzureAssignedIdentity {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if len(o.m) == 0 {
+		return cached
+	}
+	out := make([]*aadv1.AzureAssignedIdentity, 0, len(cached))
+	seen := make(map[desired.Key]bool, len(cached))
+	for _, c := range cached {
+		k := desired.Key{Namespace: c.Namespace, Name: c.Name}
+		seen[k] = true
+		w, ok := o.m[k]
+		crv := rvOf(c)
+		switch {
+		case !ok, crv > w.rv, w.obj != nil && crv == w.rv:
+			out = append(out, c)
+		case w.obj != nil: // our write, not cached yet
+			out = append(out, w.obj)
 		}
-		if belongs == nil || belongs(w.obj) {
+		// otherwise: our delete, not cached yet
+	}
+	for k, w := range o.m {
+		if !seen[k] && w.obj != nil && belongs(w.obj) {
 			out = append(out, w.obj) // created, not in the cache yet
 		}
 	}
 	return out
+}
+
+// latest returns the freshest object MIC knows for k: its own last write, else have (nil when
+// MIC deleted it).
+func (o *overlay) latest(k desired.Key, have *aadv1.AzureAssignedIdentity) *aadv1.AzureAssignedIdentity {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if w, ok := o.m[k]; ok {
+		if w.obj == nil {
+			return nil
+		}
+		if have == nil || rvOf(have) < w.rv {
+			return w.obj
+		}
+	}
+	return have
+}
+
+// size is the number of remembered writes (tests).
+func (o *overlay) size() int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.m)
 }

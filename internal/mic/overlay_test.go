@@ -21,30 +21,41 @@ func names(objs []*aadv1.AzureAssignedIdentity) map[string]string {
 	return m
 }
 
-// A worker's snapshot can hold MIC's own write (taken from the overlay at planning time) while
-// the informer cache still lags. Passing that snapshot through the overlay must not make MIC
-// forget the write: the next pass would not see the object and create it a second time.
+func all(*aadv1.AzureAssignedIdentity) bool { return true }
+
+// A snapshot holds the cache's objects only; MIC's own writes come from the overlay, in every
+// worker's view, until the cache shows them. Forgetting a write early would make MIC create the
+// object a second time.
 func TestOverlayRemembersOwnWritesUntilTheCacheShowsThem(t *testing.T) {
 	o := newOverlay()
-	x := aai("x", "10")
-	o.put(x)
+	o.put(aai("x", "10"))
 
-	// Planning pass: the cache has not caught up, the overlay supplies x.
-	snap := o.apply(nil, nil)
-	if got := names(snap); got["x"] != "10" {
-		t.Fatalf("planning pass sees %v, want x at 10", got)
-	}
-	// Worker on that snapshot.
-	if got := names(o.apply(snap, func(*aadv1.AzureAssignedIdentity) bool { return true })); got["x"] != "10" {
+	// The cache has not caught up: a pass prunes nothing, a worker sees x.
+	o.prune(nil)
+	if got := names(o.view(nil, all)); got["x"] != "10" {
 		t.Fatalf("worker sees %v, want x at 10", got)
 	}
-	// Next planning pass, cache still lagging: x must still be there.
-	if got := names(o.apply(nil, nil)); got["x"] != "10" {
-		t.Fatalf("after a worker used the snapshot, the next pass sees %v: MIC forgot its own create", got)
+	// A stale cached copy does not win either.
+	if got := names(o.view([]*aadv1.AzureAssignedIdentity{aai("x", "9")}, all)); got["x"] != "10" {
+		t.Fatalf("worker on a lagging cache sees %v, want x at 10", got)
+	}
+	o.prune([]*aadv1.AzureAssignedIdentity{aai("x", "9")})
+	if o.size() != 1 {
+		t.Fatal("pruned a write the cache does not show yet")
 	}
 	// The cache catches up: the entry is dropped and the cache's object used.
-	if got := names(o.apply([]*aadv1.AzureAssignedIdentity{aai("x", "10")}, nil)); got["x"] != "10" || len(o.m) != 0 {
-		t.Fatalf("cache caught up: sees %v with %d overlay entries, want x and none", got, len(o.m))
+	o.prune([]*aadv1.AzureAssignedIdentity{aai("x", "10")})
+	if got := names(o.view([]*aadv1.AzureAssignedIdentity{aai("x", "10")}, all)); got["x"] != "10" || o.size() != 0 {
+		t.Fatalf("cache caught up: sees %v with %d overlay entries, want x and none", got, o.size())
+	}
+}
+
+// An object created by MIC that the cache lacks belongs to one VM/VMSS only.
+func TestOverlayAddsCreatedObjectsOnlyToTheirGroup(t *testing.T) {
+	o := newOverlay()
+	o.put(aai("x", "10"))
+	if got := names(o.view(nil, func(*aadv1.AzureAssignedIdentity) bool { return false })); len(got) != 0 {
+		t.Fatalf("another group's view has %v", got)
 	}
 }
 
@@ -52,15 +63,21 @@ func TestOverlayHidesOwnDeletionUntilTheCacheDropsTheObject(t *testing.T) {
 	o := newOverlay()
 	o.deleted(objKey("y"), 7)
 	cached := []*aadv1.AzureAssignedIdentity{aai("y", "7")}
-	if got := names(o.apply(cached, func(*aadv1.AzureAssignedIdentity) bool { return true })); len(got) != 0 {
+	if got := names(o.view(cached, all)); len(got) != 0 {
 		t.Fatalf("worker sees %v after MIC deleted y", got)
 	}
-	if got := names(o.apply(cached, nil)); len(got) != 0 {
-		t.Fatalf("planning pass sees %v after MIC deleted y", got)
+	o.prune(cached)
+	if got := names(o.view(cached, all)); len(got) != 0 || o.size() != 1 {
+		t.Fatalf("after a pass on a lagging cache the worker sees %v (%d entries)", got, o.size())
 	}
 	// Someone re-created it since: the newer object wins.
-	if got := names(o.apply([]*aadv1.AzureAssignedIdentity{aai("y", "9")}, nil)); got["y"] != "9" {
+	if got := names(o.view([]*aadv1.AzureAssignedIdentity{aai("y", "9")}, all)); got["y"] != "9" {
 		t.Fatalf("re-created y: sees %v, want y at 9", got)
+	}
+	// The cache no longer has it: forgotten.
+	o.prune(nil)
+	if o.size() != 0 {
+		t.Fatalf("%d entries after the cache dropped y", o.size())
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -23,7 +24,7 @@ type ownership struct {
 	c         client.Client // reads go to the API server: only the leader writes, once per change
 	namespace string
 	mu        sync.Mutex
-	loaded    map[string]*record
+	loaded    map[cloud.ResourceKey]*record
 }
 
 type record struct {
@@ -38,11 +39,11 @@ const (
 )
 
 func newOwnership(c client.Client, namespace string) *ownership {
-	return &ownership{c: c, namespace: namespace, loaded: map[string]*record{}}
+	return &ownership{c: c, namespace: namespace, loaded: map[cloud.ResourceKey]*record{}}
 }
 
 func ownershipName(r cloud.Resource) string {
-	return fmt.Sprintf("podidentity-mic-owned-%x", sha256.Sum256([]byte(r.Key())))[:len("podidentity-mic-owned-")+16]
+	return fmt.Sprintf("podidentity-mic-owned-%x", sha256.Sum256([]byte(r.Key().String())))[:len("podidentity-mic-owned-")+16]
 }
 
 // get returns the record of r (a copy of the ID map).
@@ -54,9 +55,7 @@ func (o *ownership) get(ctx context.Context, r cloud.Resource) (map[string]strin
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	out := make(map[string]string, len(rec.ids))
-	for k, v := range rec.ids {
-		out[k] = v
-	}
+	maps.Copy(out, rec.ids)
 	return out, nil
 }
 
@@ -95,9 +94,7 @@ func (o *ownership) change(ctx context.Context, r cloud.Resource, add map[string
 	}
 	o.mu.Lock()
 	next := make(map[string]string, len(rec.ids)+len(add))
-	for k, v := range rec.ids {
-		next[k] = v
-	}
+	maps.Copy(next, rec.ids)
 	o.mu.Unlock()
 	changed := false
 	for k, v := range add {

@@ -3,6 +3,8 @@ package mic
 import (
 	"sync"
 	"time"
+
+	"github.com/podidentity/podidentity/internal/cloud"
 )
 
 // quarantine holds (resource, identity) pairs ARM refused, with exponential backoff, so that one
@@ -11,7 +13,13 @@ type quarantine struct {
 	mu        sync.Mutex
 	base, max time.Duration
 	now       func() time.Time
-	m         map[string]*held
+	m         map[heldKey]*held
+}
+
+// heldKey is one identity on one VM/VMSS.
+type heldKey struct {
+	resource cloud.ResourceKey
+	identity string
 }
 
 type held struct {
@@ -21,19 +29,17 @@ type held struct {
 }
 
 func newQuarantine(base, max time.Duration) *quarantine {
-	return &quarantine{base: base, max: max, now: time.Now, m: map[string]*held{}}
+	return &quarantine{base: base, max: max, now: time.Now, m: map[heldKey]*held{}}
 }
 
-func qkey(resource, id string) string { return resource + "|" + id }
-
 // hold quarantines id on resource after a failure and returns until when.
-func (q *quarantine) hold(resource, id, reason string) time.Time {
+func (q *quarantine) hold(resource cloud.ResourceKey, id, reason string) time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	h := q.m[qkey(resource, id)]
+	h := q.m[heldKey{resource, id}]
 	if h == nil {
 		h = &held{}
-		q.m[qkey(resource, id)] = h
+		q.m[heldKey{resource, id}] = h
 	}
 	d := q.base << min(h.failures, 20)
 	if d > q.max || d <= 0 {
@@ -46,10 +52,10 @@ func (q *quarantine) hold(resource, id, reason string) time.Time {
 }
 
 // held reports whether id is quarantined on resource now, and why.
-func (q *quarantine) held(resource, id string) (bool, string) {
+func (q *quarantine) held(resource cloud.ResourceKey, id string) (bool, string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	h := q.m[qkey(resource, id)]
+	h := q.m[heldKey{resource, id}]
 	if h == nil || !q.now().Before(h.until) {
 		return false, ""
 	}
@@ -57,19 +63,19 @@ func (q *quarantine) held(resource, id string) (bool, string) {
 }
 
 // reason returns the last failure of a pair still on record (held or on probation).
-func (q *quarantine) reason(resource, id string) string {
+func (q *quarantine) reason(resource cloud.ResourceKey, id string) string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if h := q.m[qkey(resource, id)]; h != nil {
+	if h := q.m[heldKey{resource, id}]; h != nil {
 		return h.reason
 	}
 	return ""
 }
 
 // release forgets a pair after it was assigned.
-func (q *quarantine) release(resource, id string) {
+func (q *quarantine) release(resource cloud.ResourceKey, id string) {
 	q.mu.Lock()
-	delete(q.m, qkey(resource, id))
+	delete(q.m, heldKey{resource, id})
 	q.mu.Unlock()
 }
 
@@ -87,10 +93,10 @@ func (q *quarantine) size() int {
 }
 
 // untilOf returns when a held pair is released.
-func (q *quarantine) untilOf(resource, id string) time.Time {
+func (q *quarantine) untilOf(resource cloud.ResourceKey, id string) time.Time {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if h := q.m[qkey(resource, id)]; h != nil {
+	if h := q.m[heldKey{resource, id}]; h != nil {
 		return h.until
 	}
 	return time.Time{}

@@ -47,6 +47,9 @@ var ErrLeaseLost = errors.New("leader lease lost")
 // Run runs MIC until ctx ends. Losing the lease stops the work loop cleanly; the replica then
 // stands by for the lease again instead of exiting (upstream exited and crash-looped).
 func Run(ctx context.Context, rc RunConfig) error {
+	if err := rc.Options.Validate(); err != nil {
+		return err
+	}
 	if rc.Metrics == nil {
 		rc.Metrics = NewMetrics(metrics.Registry)
 	}
@@ -87,7 +90,7 @@ func Run(ctx context.Context, rc RunConfig) error {
 var errSetup = errors.New("setting up MIC")
 
 func runOnce(ctx context.Context, rc RunConfig) error {
-	o := rc.Options.Defaulted()
+	o := rc.Options
 	lease := rc.LeaseDuration
 	if lease <= 0 {
 		lease = 15 * time.Second
@@ -145,7 +148,7 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 	}); err != nil {
 		return err
 	}
-	ctl := NewController(rc.Log.WithName("controller"), mgr.GetCache(), mgr.GetClient(), mgr.GetAPIReader(), rc.Compute,
+	ctl := newController(rc.Log.WithName("controller"), mgr.GetCache(), mgr.GetClient(), mgr.GetAPIReader(), rc.Compute,
 		mgr.GetEventRecorder("aadpodidentity.k8s.io"), rc.Metrics, o)
 	if rc.OnController != nil {
 		rc.OnController(ctl)
@@ -154,10 +157,28 @@ func runOnce(ctx context.Context, rc RunConfig) error {
 		return err
 	}
 	err = mgr.Start(ctx)
-	if err != nil && err.Error() == "leader election lost" {
+	if leaseLost(ctx, mgr, err) {
 		return fmt.Errorf("%w: %w", ErrLeaseLost, err)
 	}
 	return err
+}
+
+// errRunnable marks the errors of MIC's own runnables.
+var errRunnable = errors.New("MIC stopped")
+
+// leaseLost tells whether mgr.Start ended because the lease was lost. The manager reports that
+// only with an error of its own, not a sentinel; once elected, the only other errors that end it
+// are those of MIC's runnables, which carry errRunnable.
+func leaseLost(ctx context.Context, mgr manager.Manager, err error) bool {
+	if err == nil || ctx.Err() != nil || errors.Is(err, errRunnable) {
+		return false
+	}
+	select {
+	case <-mgr.Elected():
+		return true
+	default:
+		return false
+	}
 }
 
 // cacheWarmer starts the informers MIC reads on every replica, leader or standby, and marks
@@ -175,7 +196,7 @@ func (w *cacheWarmer) Start(ctx context.Context) error {
 	for _, obj := range []client.Object{&corev1.Pod{}, &corev1.Node{}, &aadv1.AzureIdentity{},
 		&aadv1.AzureIdentityBinding{}, &aadv1.AzureAssignedIdentity{}} {
 		if _, err := w.cache.GetInformer(ctx, obj); err != nil {
-			return fmt.Errorf("starting the informer for %T: %w", obj, err)
+			return fmt.Errorf("%w: starting the informer for %T: %w", errRunnable, obj, err)
 		}
 	}
 	if w.cache.WaitForCacheSync(ctx) {

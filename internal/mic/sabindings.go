@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
@@ -17,14 +18,14 @@ import (
 // whose event was filtered out is still in the cache that pass lists.
 type saBindings struct {
 	mu    sync.RWMutex
-	byKey map[string]saRef // binding namespace/name -> what it names
+	byKey map[types.NamespacedName]saRef // binding -> what it names
 	count map[saRef]int
 }
 
 type saRef struct{ namespace, name string }
 
 func newSABindings() *saBindings {
-	return &saBindings{byKey: map[string]saRef{}, count: map[saRef]int{}}
+	return &saBindings{byKey: map[types.NamespacedName]saRef{}, count: map[saRef]int{}}
 }
 
 // track records a binding's add or update (deleted=false) or its deletion.
@@ -36,7 +37,7 @@ func (s *saBindings) track(obj any, deleted bool) {
 	if !ok {
 		return
 	}
-	k := b.Namespace + "/" + b.Name
+	k := types.NamespacedName{Namespace: b.Namespace, Name: b.Name}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.byKey[k]; ok {

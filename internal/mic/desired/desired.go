@@ -6,7 +6,10 @@ package desired
 
 import (
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
 	"github.com/podidentity/podidentity/internal/binding"
@@ -42,6 +45,9 @@ type Options struct {
 	// RequireServiceAccount ignores bindings without spec.serviceAccountName (each is reported
 	// as a ProblemLabelOnlyIgnored).
 	RequireServiceAccount bool
+	// SkipFederated writes no AzureAssignedIdentities for federated identities (NMI resolves
+	// those from the bindings itself).
+	SkipFederated bool
 }
 
 // Input is one snapshot of the cluster.
@@ -54,10 +60,8 @@ type Input struct {
 	Options Options
 }
 
-// Key names an AzureAssignedIdentity.
-type Key struct{ Namespace, Name string }
-
-func (k Key) String() string { return k.Namespace + "/" + k.Name }
+// Key names an AzureAssignedIdentity (or any namespaced object a Problem concerns).
+type Key = types.NamespacedName
 
 // AAI is one AzureAssignedIdentity that should exist.
 type AAI struct {
@@ -69,9 +73,14 @@ type AAI struct {
 	Resource cloud.Resource
 }
 
-// NeedsAzure reports whether the identity must be on the VM/VMSS (user-assigned MSI) rather than
-// being a service principal, which NMI serves without any assignment.
-func (a *AAI) NeedsAzure() bool { return a.Identity.Spec.Type == aadv1.UserAssignedMSI }
+// NeedsAzure reports whether the identity must be on the VM/VMSS: a user-assigned MSI that is not
+// federated. Service principals and federated identities get their tokens from Azure AD through
+// NMI, without any assignment.
+func (a *AAI) NeedsAzure() bool { return needsAzure(a.Identity) }
+
+func needsAzure(id *aadv1.AzureIdentity) bool {
+	return id.Spec.Type == aadv1.UserAssignedMSI && !id.Spec.IsFederated()
+}
 
 // IdentityID is the lower-cased ARM ID of the identity ("" for service principals).
 func (a *AAI) IdentityID() string {
@@ -118,18 +127,26 @@ type Problem struct {
 // State is the result of Compute.
 type State struct {
 	AAIs map[Key]*AAI
-	// Groups by cloud.Resource.Key(); AAIs whose node could not be resolved are under "".
-	Groups   map[string]*Group
-	Problems []Problem
+	// Groups by the key of their VM/VMSS.
+	Groups map[cloud.ResourceKey]*Group
+	// Unresolved holds the AAIs whose node maps to no compute resource (nil when there are none);
+	// its Resource is zero and it needs no identities.
+	Unresolved *Group
+	Problems   []Problem
 }
 
-// UnresolvedGroup is the Groups key of AAIs whose node maps to no compute resource.
-const UnresolvedGroup = ""
+// Group returns the group of k: Unresolved for the zero key, nil when nothing is desired there.
+func (s *State) Group(k cloud.ResourceKey) *Group {
+	if k.IsZero() {
+		return s.Unresolved
+	}
+	return s.Groups[k]
+}
 
 // Compute derives the desired state. It never fails: bad input becomes Problems and affects only
 // the pods it concerns.
 func Compute(in Input) *State {
-	st := &State{AAIs: make(map[Key]*AAI, len(in.Pods)), Groups: map[string]*Group{}}
+	st := &State{AAIs: make(map[Key]*AAI, len(in.Pods)), Groups: map[cloud.ResourceKey]*Group{}}
 	bopts := binding.Options{ForceNamespaced: in.Options.ForceNamespaced, RequireServiceAccount: in.Options.RequireServiceAccount}
 
 	// Identities with a malformed resource ID cannot be assigned; drop them like upstream but say so.
@@ -138,9 +155,9 @@ func Compute(in Input) *State {
 		if id == nil {
 			continue
 		}
-		if id.Spec.Type == aadv1.UserAssignedMSI && !binding.ValidResourceID(id.Spec.ResourceID) {
+		if id.Spec.Type == aadv1.UserAssignedMSI && !id.Spec.IsFederated() && !binding.ValidResourceID(id.Spec.ResourceID) {
 			st.Problems = append(st.Problems, Problem{Kind: ProblemBadResourceID, ObjectKind: "AzureIdentity",
-				Object: Key{id.Namespace, id.Name},
+				Object: Key{Namespace: id.Namespace, Name: id.Name},
 				Message: fmt.Sprintf("AzureIdentity %s/%s has spec.resourceID %q, which is not a user-assigned identity ID; set it to /subscriptions/<sub>/resourcegroups/<rg>/providers/Microsoft.ManagedIdentity/userAssignedIdentities/<name>",
 					id.Namespace, id.Name, id.Spec.ResourceID)})
 			continue
@@ -150,19 +167,24 @@ func Compute(in Input) *State {
 	idx := binding.NewIndex(in.Bindings, ids, bopts)
 	for _, b := range idx.Ignored() {
 		st.Problems = append(st.Problems, Problem{Kind: ProblemLabelOnlyIgnored, ObjectKind: "AzureIdentityBinding",
-			Object: Key{b.Namespace, b.Name}, Message: binding.IgnoredMessage(b)})
+			Object: Key{Namespace: b.Namespace, Name: b.Name}, Message: binding.IgnoredMessage(b)})
 	}
 	// Per-node group and per-identity lower-cased ID are computed once, not once per pod.
 	groupOf := make(map[string]*Group, len(in.Nodes))
 	lowerID := make(map[*aadv1.AzureIdentity]string, len(ids))
 	for _, id := range ids {
-		if id.Spec.Type == aadv1.UserAssignedMSI {
+		if needsAzure(id) {
 			lowerID[id] = binding.NormalizeID(id.Spec.ResourceID)
 		}
 	}
-	reported := map[string]bool{}
+	type reportKey struct {
+		kind       ProblemKind
+		objectKind string
+		object     Key
+	}
+	reported := map[reportKey]bool{}
 	report := func(p Problem) {
-		k := string(p.Kind) + "|" + p.ObjectKind + "|" + p.Object.String()
+		k := reportKey{p.Kind, p.ObjectKind, p.Object}
 		if !reported[k] {
 			reported[k] = true
 			st.Problems = append(st.Problems, p)
@@ -176,7 +198,7 @@ func Compute(in Input) *State {
 		}
 		res := idx.Lookup(binding.Pod{Namespace: p.Namespace, Selector: p.Selector, ServiceAccount: p.ServiceAccount})
 		for _, s := range res.Skipped {
-			report(Problem{Kind: skipKind(s.Reason), ObjectKind: "AzureIdentityBinding", Object: Key{s.Binding.Namespace, s.Binding.Name},
+			report(Problem{Kind: skipKind(s.Reason), ObjectKind: "AzureIdentityBinding", Object: Key{Namespace: s.Binding.Namespace, Name: s.Binding.Name},
 				Message: skipMessage(s)})
 		}
 		if len(res.Matches) == 0 {
@@ -184,21 +206,24 @@ func Compute(in Input) *State {
 		}
 		node, known := in.Nodes[p.NodeName]
 		if !known {
-			report(Problem{Kind: ProblemUnknownNode, ObjectKind: "Pod", Object: Key{p.Namespace, p.Name},
+			report(Problem{Kind: ProblemUnknownNode, ObjectKind: "Pod", Object: Key{Namespace: p.Namespace, Name: p.Name},
 				Message: fmt.Sprintf("pod %s/%s runs on node %q, which MIC does not know (yet); identities are assigned once the node object exists", p.Namespace, p.Name, p.NodeName)})
 		} else if node.Err != nil {
-			report(Problem{Kind: ProblemBadNode, ObjectKind: "Node", Object: Key{"", node.Name},
+			report(Problem{Kind: ProblemBadNode, ObjectKind: "Node", Object: Key{Namespace: "", Name: node.Name},
 				Message: fmt.Sprintf("node %s: %v; set spec.providerID to the Azure VM or VMSS instance ID", node.Name, node.Err)})
 		}
 		for _, m := range res.Matches {
-			k := Key{binding.AssignedIdentityNamespace(m.Identity, bopts.ForceNamespaced), binding.AssignedIdentityName(p.Name, p.Namespace, m.Identity.Name)}
+			if in.Options.SkipFederated && m.Identity.Spec.IsFederated() {
+				continue
+			}
+			k := Key{Namespace: binding.AssignedIdentityNamespace(m.Identity, bopts.ForceNamespaced), Name: binding.AssignedIdentityName(p.Name, p.Namespace, m.Identity.Name)}
 			if prev, dup := st.AAIs[k]; dup {
 				if prev.Identity == m.Identity {
 					// Two bindings of one identity (a label binding and its ServiceAccount
 					// successor, say): one assignment serves both.
 					continue
 				}
-				report(Problem{Kind: ProblemNameCollision, ObjectKind: "AzureIdentityBinding", Object: Key{m.Binding.Namespace, m.Binding.Name},
+				report(Problem{Kind: ProblemNameCollision, ObjectKind: "AzureIdentityBinding", Object: Key{Namespace: m.Binding.Namespace, Name: m.Binding.Name},
 					Message: fmt.Sprintf("AzureIdentityBinding %s/%s: AzureIdentity %s/%s has the same name as %s/%s, which pod %s/%s already uses through binding %s/%s; AzureAssignedIdentity %s can hold only one, so %s/%s is ignored for this pod: rename one of the identities",
 						m.Binding.Namespace, m.Binding.Name, m.Identity.Namespace, m.Identity.Name, prev.Identity.Namespace, prev.Identity.Name, p.Namespace, p.Name,
 						prev.Binding.Namespace, prev.Binding.Name, k, m.Identity.Namespace, m.Identity.Name)})
@@ -209,14 +234,7 @@ func Compute(in Input) *State {
 			st.AAIs[k] = a
 			g := groupOf[p.NodeName]
 			if g == nil {
-				gk := UnresolvedGroup
-				if !a.Resource.IsZero() {
-					gk = a.Resource.Key()
-				}
-				if g = st.Groups[gk]; g == nil {
-					g = &Group{Resource: a.Resource, Identities: map[string]string{}}
-					st.Groups[gk] = g
-				}
+				g = st.group(a.Resource)
 				groupOf[p.NodeName] = g
 			}
 			g.AAIs = append(g.AAIs, a)
@@ -245,12 +263,29 @@ func skipMessage(s binding.Skipped) string {
 		b.Namespace, b.Name, b.Spec.AzureIdentity)
 }
 
-// SortedKeys returns the group keys in a stable order (for logs and tests).
-func (s *State) SortedKeys() []string {
-	out := make([]string, 0, len(s.Groups))
+// group returns (creating) the group of r: Unresolved when r is zero.
+func (s *State) group(r cloud.Resource) *Group {
+	if r.IsZero() {
+		if s.Unresolved == nil {
+			s.Unresolved = &Group{Identities: map[string]string{}}
+		}
+		return s.Unresolved
+	}
+	k := r.Key()
+	g := s.Groups[k]
+	if g == nil {
+		g = &Group{Resource: r, Identities: map[string]string{}}
+		s.Groups[k] = g
+	}
+	return g
+}
+
+// SortedKeys returns the keys of the resolved groups in a stable order (for logs and tests).
+func (s *State) SortedKeys() []cloud.ResourceKey {
+	out := make([]cloud.ResourceKey, 0, len(s.Groups))
 	for k := range s.Groups {
 		out = append(out, k)
 	}
-	sort.Strings(out)
+	slices.SortFunc(out, func(a, b cloud.ResourceKey) int { return strings.Compare(a.String(), b.String()) })
 	return out
 }

@@ -59,13 +59,14 @@ func nodes() map[string]Node {
 
 // summary renders a State as sorted "group: aai" lines plus problem kinds.
 func summary(st *State) (aais []string, problems []string) {
-	for gk, g := range st.Groups {
-		name := "unresolved"
-		if gk != UnresolvedGroup {
-			name = g.Resource.Name
-		}
+	for _, g := range st.Groups {
 		for _, a := range g.AAIs {
-			aais = append(aais, fmt.Sprintf("%s: %s", name, a.Key))
+			aais = append(aais, fmt.Sprintf("%s: %s", g.Resource.Name, a.Key))
+		}
+	}
+	if st.Unresolved != nil {
+		for _, a := range st.Unresolved.AAIs {
+			aais = append(aais, fmt.Sprintf("unresolved: %s", a.Key))
 		}
 	}
 	for _, p := range st.Problems {
@@ -290,7 +291,7 @@ func TestDiffObjectBeingDeletedIsFinishedEvenIfDesired(t *testing.T) {
 	have := objects(st, aadv1.AssignedIDAssigned)
 	now := metav1.Now()
 	have[0].DeletionTimestamp = &now
-	c := Diff([]*AAI{st.AAIs[Key{"default", "p-a-id"}]}, have)
+	c := Diff([]*AAI{st.AAIs[Key{Namespace: "default", Name: "p-a-id"}]}, have)
 	if len(c.Delete) != 1 || len(c.Keep)+len(c.Create)+len(c.Update) != 0 {
 		t.Fatalf("diff = %+v, want only the delete", c)
 	}
@@ -299,7 +300,7 @@ func TestDiffObjectBeingDeletedIsFinishedEvenIfDesired(t *testing.T) {
 func TestObjectShape(t *testing.T) {
 	st := Compute(Input{Pods: []Pod{{Namespace: "a", Name: "p", Selector: "sel", NodeName: "n1"}},
 		Bindings: []*aadv1.AzureIdentityBinding{bnd("a", "b", "id", "sel")}, Identities: []*aadv1.AzureIdentity{msi("a", "id")}, Nodes: nodes()})
-	o := st.AAIs[Key{"default", "p-a-id"}].Object(aadv1.AssignedIDCreated)
+	o := st.AAIs[Key{Namespace: "default", Name: "p-a-id"}].Object(aadv1.AssignedIDCreated)
 	if o.Labels[aadv1.AssignedIdentityNodeLabel] != "n1" || o.Finalizers[0] != aadv1.AssignedIdentityFinalizer ||
 		o.Spec.Pod != "p" || o.Spec.PodNamespace != "a" || o.Spec.NodeName != "n1" || o.Spec.AzureIdentityRef.Name != "id" ||
 		o.Spec.AzureBindingRef.Name != "b" || o.Status.Status != aadv1.AssignedIDCreated || o.Status.AvailableReplicas != 1 {

@@ -1,6 +1,8 @@
 package desired
 
 import (
+	"cmp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -38,7 +40,7 @@ func Diff(want []*AAI, have []*aadv1.AzureAssignedIdentity) Changes {
 	var c Changes
 	haveByKey := make(map[Key]*aadv1.AzureAssignedIdentity, len(have))
 	for _, h := range have {
-		haveByKey[Key{h.Namespace, h.Name}] = h
+		haveByKey[Key{Namespace: h.Namespace, Name: h.Name}] = h
 	}
 	seen := make(map[Key]bool, len(want))
 	for _, w := range want {
@@ -56,12 +58,12 @@ func Diff(want []*AAI, have []*aadv1.AzureAssignedIdentity) Changes {
 		}
 	}
 	for _, h := range have {
-		if !seen[Key{h.Namespace, h.Name}] {
+		if !seen[Key{Namespace: h.Namespace, Name: h.Name}] {
 			c.Delete = append(c.Delete, h)
 		}
 	}
-	sort.Slice(c.Delete, func(i, j int) bool {
-		return c.Delete[i].Namespace+"/"+c.Delete[i].Name < c.Delete[j].Namespace+"/"+c.Delete[j].Name
+	slices.SortFunc(c.Delete, func(a, b *aadv1.AzureAssignedIdentity) int {
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
 	return c
 }
@@ -113,9 +115,9 @@ func Inherited(have []*aadv1.AzureAssignedIdentity, owned map[string]string) map
 }
 
 // IdentityIDOf returns the lower-cased identity ID an existing object assigns ("" for service
-// principals or objects without an identity copy).
+// principals, federated identities or objects without an identity copy).
 func IdentityIDOf(h *aadv1.AzureAssignedIdentity) string {
-	if h.Spec.AzureIdentityRef == nil || h.Spec.AzureIdentityRef.Spec.Type != aadv1.UserAssignedMSI {
+	if h.Spec.AzureIdentityRef == nil || !needsAzure(h.Spec.AzureIdentityRef) {
 		return ""
 	}
 	return strings.ToLower(h.Spec.AzureIdentityRef.Spec.ResourceID)
@@ -133,8 +135,45 @@ type PlanInput struct {
 	// Immutable holds lower-cased client IDs never to remove (--immutable-user-msis and the
 	// cluster identity).
 	Immutable map[string]bool
-	// Hold reports identities not to add now (quarantined after ARM refused them).
+	// Hold reports identities not to add now (quarantined after ARM refused them). It must not
+	// have side effects: NeedsChange calls it too.
 	Hold func(id string) bool
+}
+
+// adds reports whether the desired identity id is to be added (true, false) or held (false, true).
+func (in *PlanInput) adds(id string) (add, held bool) {
+	if in.Current.Has(id) {
+		return false, false
+	}
+	if in.Hold != nil && in.Hold(id) {
+		return false, true
+	}
+	return true, false
+}
+
+// removes reports whether the owned identity id is to be removed.
+func (in *PlanInput) removes(id, ownedClient string) bool {
+	if _, want := in.Desired[id]; want || !in.Current.Has(id) {
+		return false
+	}
+	return !in.Immutable[strings.ToLower(ownedClient)] && !in.Immutable[strings.ToLower(in.Current.UserAssigned[id])]
+}
+
+// NeedsChange reports whether PlanIdentities(in) would call ARM, without building the plan: MIC
+// plans on ARM's last known state and reads ARM first only when this says a change is due (a
+// PATCH is always based on a fresh read).
+func NeedsChange(in PlanInput) bool {
+	for id := range in.Desired {
+		if add, _ := in.adds(id); add {
+			return true
+		}
+	}
+	for id, ownedClient := range in.Owned {
+		if in.removes(id, ownedClient) {
+			return true
+		}
+	}
+	return false
 }
 
 // Plan is one resource's identity change.
@@ -153,23 +192,17 @@ func (p Plan) Empty() bool { return len(p.Add) == 0 && len(p.Remove) == 0 }
 func PlanIdentities(in PlanInput) Plan {
 	var p Plan
 	for id := range in.Desired {
-		if in.Current.Has(id) {
-			continue
-		}
-		if in.Hold != nil && in.Hold(id) {
+		switch add, held := in.adds(id); {
+		case add:
+			p.Add = append(p.Add, id)
+		case held:
 			p.Held = append(p.Held, id)
-			continue
 		}
-		p.Add = append(p.Add, id)
 	}
 	for id, ownedClient := range in.Owned {
-		if _, want := in.Desired[id]; want || !in.Current.Has(id) {
-			continue
+		if in.removes(id, ownedClient) {
+			p.Remove = append(p.Remove, id)
 		}
-		if in.Immutable[strings.ToLower(ownedClient)] || in.Immutable[strings.ToLower(in.Current.UserAssigned[id])] {
-			continue
-		}
-		p.Remove = append(p.Remove, id)
 	}
 	sort.Strings(p.Add)
 	sort.Strings(p.Remove)
