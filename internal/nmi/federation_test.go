@@ -422,3 +422,20 @@ func TestFederatedWorkloadIdentityAnnotations(t *testing.T) {
 	off.waitStore("pod", func(s *Store) bool { return s.podsByKey[off.ns+"/app"] != nil })
 	wantNotBound(t, off.token(p2), "annotations without --honor-workload-identity-annotations")
 }
+
+// Managed mode serves federated identities the same way (namespaced, no assignments watched).
+func TestFederatedManagedMode(t *testing.T) {
+	h, iss := newFedHarness(t, harnessOpts{identities: []string{"fed"}, cfg: func(c *Config) {
+		c.OperationMode, c.ForceNamespaced = ModeManaged, true
+	}})
+	id := h.fedIdentity("fed", aadv1.Federation{})
+	h.fic("fed", iss, h.ns, "app")
+	h.binding("fed", "fed")
+	pod := h.saPod(h.ns, "app", "fed", "app")
+	h.waitBound(pod)
+	a := h.token(pod, "client_id", id.Spec.ClientID)
+	wantStatus(t, a, http.StatusOK)
+	if c := h.claims(a); c["appid"] != id.Spec.ClientID {
+		t.Errorf("appid %v", c["appid"])
+	}
+}
