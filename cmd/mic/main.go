@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -34,12 +35,11 @@ import (
 	"github.com/podidentity/podidentity/internal/version"
 )
 
-// options are the command-line flags.
+// options are the command-line flags that are not mic.Options.
 type options struct {
+	mic                     mic.Options
 	kubeconfig, cloudconfig string
-	forceNamespaced         bool
 	version                 bool
-	syncRetry               time.Duration
 	leaderInstance          string
 	leaderNamespace         string
 	leaderName              string
@@ -48,7 +48,6 @@ type options struct {
 	bindHost                string
 	enableProfile           bool
 	enableScaleFeatures     bool
-	createDeleteBatch       int
 	clientQPS               float64
 	clientBurst             int
 	immutable               string
@@ -57,24 +56,20 @@ type options struct {
 	enableTypeUpgrade       bool
 	updateMaxRetry          int
 	updateRetryInterval     time.Duration
-	reconcileInterval       time.Duration
-	keepFinishedPods        bool
-	requireSABindings       bool
-	batchIdle, batchMax     time.Duration
-	workers                 int
 	pollInterval            time.Duration
 	cleanup                 bool
 	logFormat               string
 	customUserAgent         string
 }
 
-// AddFlags registers every upstream MIC flag plus podidentity's own.
+// AddFlags registers every upstream MIC flag plus podidentity's own; those of mic.Options take
+// their defaults from mic.DefaultOptions.
 func (o *options) AddFlags(fs *pflag.FlagSet) {
+	o.mic = mic.DefaultOptions()
+	o.mic.AddFlags(fs)
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig; in-cluster config when empty.")
 	fs.StringVar(&o.cloudconfig, "cloudconfig", "", "Path to azure.json; environment variables are used when empty. Reloaded when it changes.")
-	fs.BoolVar(&o.forceNamespaced, "forceNamespaced", false, "Require identity, binding and pod in one namespace (also env FORCENAMESPACED=true).")
 	fs.BoolVar(&o.version, "version", false, "Print the version and exit.")
-	fs.DurationVar(&o.syncRetry, "syncRetryDuration", time.Hour, "Period of a full pass even without events.")
 	fs.StringVar(&o.leaderInstance, "leader-election-instance", "", "Lock holder name (default: host name); informational, controller-runtime adds a unique suffix.")
 	fs.StringVar(&o.leaderNamespace, "leader-election-namespace", "default", "Namespace of the leader Lease.")
 	fs.StringVar(&o.leaderName, "leader-election-name", "aad-pod-identity-mic", "Name of the leader Lease.")
@@ -84,7 +79,6 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.bindHost, "bind-host", "", "Address the probe and metrics servers listen on (default all interfaces).")
 	fs.BoolVar(&o.enableProfile, "enableProfile", false, "Deprecated, ignored.")
 	fs.BoolVar(&o.enableScaleFeatures, "enableScaleFeatures", false, "Deprecated no-op (as upstream).")
-	fs.IntVar(&o.createDeleteBatch, "createDeleteBatch", 50, "Most concurrent AzureAssignedIdentity writes per VM/VMSS.")
 	fs.Float64Var(&o.clientQPS, "clientQps", 200, "Kubernetes client QPS (upstream: 5).")
 	fs.IntVar(&o.clientBurst, "clientBurst", 400, "Kubernetes client burst (upstream: equal to QPS).")
 	fs.StringVar(&o.immutable, "immutable-user-msis", "", "Comma-separated client IDs MIC never removes from a VM/VMSS.")
@@ -93,12 +87,6 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.enableTypeUpgrade, "enable-type-upgrade", true, "Deprecated, ignored: objects from aad-pod-identity < 1.6 must be re-applied.")
 	fs.IntVar(&o.updateMaxRetry, "update-user-msi-max-retry", 2, "Deprecated: refused identities are dropped and the rest retried at once, always.")
 	fs.DurationVar(&o.updateRetryInterval, "update-user-msi-retry-interval", time.Second, "Deprecated, ignored.")
-	fs.DurationVar(&o.reconcileInterval, "identity-assignment-reconcile-interval", 3*time.Minute, "Period of re-reading every VM/VMSS and re-adding identities removed out of band.")
-	fs.BoolVar(&o.keepFinishedPods, "keep-finished-pods", false, "Keep identities of Succeeded/Failed pods assigned (upstream behaviour).")
-	fs.BoolVar(&o.requireSABindings, "require-service-account-bindings", false, "Ignore AzureIdentityBindings without spec.serviceAccountName (a Warning event on each says to set it); set the same on NMI.")
-	fs.DurationVar(&o.batchIdle, "batch-idle", time.Second, "Start a pass once no event arrived for this long.")
-	fs.DurationVar(&o.batchMax, "batch-max", 5*time.Second, "Start a pass at the latest this long after the first event of a burst (a VM/VMSS whose PATCH is running collects later changes into its next PATCH anyway).")
-	fs.IntVar(&o.workers, "workers", 16, "VMs/VMSS reconciled in parallel.")
 	fs.DurationVar(&o.pollInterval, "arm-poll-interval", time.Second, "Poll interval of ARM long-running operations without Retry-After.")
 	fs.BoolVar(&o.cleanup, "cleanup", false, "Remove MIC's finalizer from every AzureAssignedIdentity, delete them, and exit (uninstall / stuck namespace).")
 	fs.StringVar(&o.logFormat, "log-format", "text", "Log format: text (klog) or json (one object per line).")
@@ -116,7 +104,10 @@ func (o *options) validate() error {
 }
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.Getenv); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "mic:", err)
 		os.Exit(1)
 	}
@@ -134,9 +125,12 @@ func normalizeArgs(args []string) []string {
 	return out
 }
 
-func run(ctx context.Context, args []string, getenv func(string) string) error {
+// run is MIC's whole command: flags from args, environment from getenv, --version and --help
+// output to stdout; it returns when ctx ends.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	var o options
 	fs := pflag.NewFlagSet("mic", pflag.ContinueOnError)
+	fs.SetOutput(stdout)
 	o.AddFlags(fs)
 	kfs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(kfs)
@@ -147,7 +141,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		}
 		return err
 	}
-	if version.PrintIfRequested(o.version, "mic", os.Stdout) {
+	if version.PrintIfRequested(o.version, "mic", stdout) {
 		return nil
 	}
 	if err := o.validate(); err != nil {
@@ -169,8 +163,6 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	restCfg.QPS, restCfg.Burst = float32(o.clientQPS), o.clientBurst
 	restCfg.UserAgent = version.UserAgent("mic", o.customUserAgent)
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
 
 	if o.cleanup {
 		c, err := client.New(restCfg, client.Options{Scheme: kubescheme.New()})
@@ -182,9 +174,14 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		return err
 	}
 
-	ns := getenv("MIC_POD_NAMESPACE")
-	if ns == "" {
+	mo := o.mic
+	mo.Namespace = getenv("MIC_POD_NAMESPACE")
+	if mo.Namespace == "" {
 		return errors.New("MIC_POD_NAMESPACE is not set: set it to MIC's namespace (the downward API field metadata.namespace)")
+	}
+	mo.ForceNamespaced = mo.ForceNamespaced || strings.EqualFold(getenv(aadv1.ForceNamespacedEnv), "true")
+	if err := mo.Validate(); err != nil {
+		return err
 	}
 	settings, err := azureconfig.Load(o.cloudconfig, getenv)
 	if err != nil {
@@ -198,7 +195,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 		}
 	}
 	build := func(s *azureconfig.Settings) (cloud.Compute, error) {
-		return armcloud.New(s, armcloud.Options{PollInterval: o.pollInterval, UserAgent: o.customUserAgent, Observe: m.ObserveARM})
+		return armcloud.New(s, armcloud.Options{PollInterval: o.pollInterval, UserAgent: version.UserAgent("mic", o.customUserAgent), Observe: m.ObserveARM})
 	}
 	c0, err := build(settings)
 	if err != nil {
@@ -217,10 +214,11 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 			log.Error(err, "rebuilding ARM clients failed; keeping the previous ones")
 		}
 	})
-	immutable := splitList(o.immutable)
+	mo.ImmutableClientIDs = splitList(o.immutable)
 	if settings.Config.UserAssignedIdentityID != "" {
-		immutable = append(immutable, settings.Config.UserAssignedIdentityID)
+		mo.ImmutableClientIDs = append(mo.ImmutableClientIDs, settings.Config.UserAssignedIdentityID)
 	}
+	mo.Defaults = cloud.Defaults{SubscriptionID: settings.Config.SubscriptionID, ResourceGroup: settings.Config.ResourceGroup}
 	addr := func(p int) string {
 		if p == 0 {
 			return "0"
@@ -229,14 +227,7 @@ func run(ctx context.Context, args []string, getenv func(string) string) error {
 	}
 	return mic.Run(ctx, mic.RunConfig{
 		Rest: restCfg, Compute: compute, Log: log, Metrics: m,
-		Options: mic.Options{
-			Namespace:        ns,
-			ForceNamespaced:  o.forceNamespaced || strings.EqualFold(getenv(aadv1.ForceNamespacedEnv), "true"),
-			KeepFinishedPods: o.keepFinishedPods, ImmutableClientIDs: immutable, RequireServiceAccountBindings: o.requireSABindings,
-			Defaults:  cloud.Defaults{SubscriptionID: settings.Config.SubscriptionID, ResourceGroup: settings.Config.ResourceGroup},
-			BatchIdle: o.batchIdle, BatchMax: o.batchMax, Workers: o.workers, KubeWrites: o.createDeleteBatch,
-			ResyncInterval: o.syncRetry, ReconcileInterval: o.reconcileInterval,
-		},
+		Options:        mo,
 		LeaderElection: true, LeaseName: o.leaderName, LeaseNamespace: o.leaderNamespace, LeaseDuration: o.leaderDuration,
 		ProbeAddr: addr(o.probePort), MetricsAddr: addr(o.metricsPort), GracefulShutdown: 10 * time.Second,
 	})

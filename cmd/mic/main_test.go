@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,17 +34,17 @@ func TestEveryUpstreamFlagIsAccepted(t *testing.T) {
 	}
 	args := append([]string{"-kubeconfig=" + kc}, upstreamFlags...)
 	// Without MIC_POD_NAMESPACE, run stops right after parsing and building the client config.
-	err := run(context.Background(), args, func(string) string { return "" })
+	err := run(context.Background(), args, func(string) string { return "" }, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "MIC_POD_NAMESPACE") {
 		t.Fatalf("run = %v, want the MIC_POD_NAMESPACE error (flags must all parse)", err)
 	}
 }
 
 func TestUnknownFlagAndBadValuesAreRefused(t *testing.T) {
-	if err := run(context.Background(), []string{"--no-such-flag"}, func(string) string { return "" }); err == nil {
+	if err := run(context.Background(), []string{"--no-such-flag"}, func(string) string { return "" }, io.Discard); err == nil {
 		t.Fatal("an unknown flag must be an error")
 	}
-	if err := run(context.Background(), []string{"--clientQps=0"}, func(string) string { return "" }); err == nil || !strings.Contains(err.Error(), "clientQps") {
+	if err := run(context.Background(), []string{"--clientQps=0"}, func(string) string { return "" }, io.Discard); err == nil || !strings.Contains(err.Error(), "clientQps") {
 		t.Fatalf("--clientQps=0: err = %v, want one naming the flag", err)
 	}
 }
@@ -58,7 +59,7 @@ func TestMissingAzureConfigNamesWhatToSet(t *testing.T) {
 			return "kube-system"
 		}
 		return ""
-	})
+	}, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "subscriptionId") {
 		t.Fatalf("run = %v, want an error naming the missing subscriptionId", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -34,7 +35,7 @@ func TestKubernetesUserAgentCarriesTheStampedVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	// --cleanup talks to Kubernetes only, and fails at once against this server.
-	err := run(context.Background(), []string{"--kubeconfig", kc, "--cleanup", "--custom-user-agent=contoso"}, func(string) string { return "" })
+	err := run(context.Background(), []string{"--kubeconfig", kc, "--cleanup", "--custom-user-agent=contoso"}, func(string) string { return "" }, io.Discard)
 	if err == nil {
 		t.Fatal("run against a refusing server succeeded")
 	}

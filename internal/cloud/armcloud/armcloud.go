@@ -32,7 +32,9 @@ type Options struct {
 	// PollInterval is the wait between polls of a long-running operation when ARM sends no
 	// Retry-After (the SDK default of 30 s would add up to 30 s to every assignment).
 	PollInterval time.Duration
-	// UserAgent is appended to the SDK's.
+	// UserAgent is appended to the SDK's User-Agent on every request (ARM and Azure AD), e.g.
+	// version.UserAgent("mic", custom). It is not azcore's Telemetry.ApplicationID, which is cut
+	// at 24 characters and may not hold spaces: "podidentity/mic/<version> <custom>" does not fit.
 	UserAgent string
 	// Observe, when set, is called after every ARM call with the upstream operation name
 	// (vm_get, vm_update, vmss_get, vmss_update).
@@ -76,7 +78,7 @@ func New(s *azureconfig.Settings, o Options) (*Client, error) {
 		},
 	}
 	co := azcore.ClientOptions{Cloud: cc, Transport: transport,
-		Telemetry: policy.TelemetryOptions{ApplicationID: o.UserAgent},
+		PerCallPolicies: []policy.Policy{userAgent(o.UserAgent)},
 		// 429 is not retried inside the SDK: MIC honours Retry-After itself, per subscription, so
 		// that a throttled resource does not hold a worker asleep (and nothing else waits on it).
 		Retry: policy.RetryOptions{MaxRetries: 2, RetryDelay: 500 * time.Millisecond, MaxRetryDelay: 5 * time.Second,
@@ -101,6 +103,22 @@ func New(s *azureconfig.Settings, o Options) (*Client, error) {
 	}
 	return &Client{opts: o, cred: cred, aopt: &arm.ClientOptions{ClientOptions: co, DisableRPRegistration: true},
 		vms: map[string]*armcompute.VirtualMachinesClient{}, vmss: map[string]*armcompute.VirtualMachineScaleSetsClient{}}, nil
+}
+
+// userAgent appends ua to the User-Agent the SDK's telemetry policy (which runs before per-call
+// policies) has set.
+type userAgent string
+
+func (ua userAgent) Do(req *policy.Request) (*http.Response, error) {
+	if ua != "" {
+		h := req.Raw().Header
+		if cur := h.Get("User-Agent"); cur != "" {
+			h.Set("User-Agent", cur+" "+string(ua))
+		} else {
+			h.Set("User-Agent", string(ua))
+		}
+	}
+	return req.Next()
 }
 
 func (c *Client) vmClient(sub string) (*armcompute.VirtualMachinesClient, error) {

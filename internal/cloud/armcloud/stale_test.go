@@ -1,15 +1,14 @@
-package mic_test
+package armcloud_test
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/podidentity/podidentity/internal/cloud"
 	"github.com/podidentity/podidentity/internal/cloud/armcloud"
 	"github.com/podidentity/podidentity/internal/emulator"
-	"github.com/podidentity/podidentity/internal/testenv"
 )
 
 // Removing MIC's last identity from a VM with a system-assigned identity sets the type to
@@ -21,12 +20,9 @@ func TestRemovingTheLastIdentityNeverDropsOneSomeoneAddedSinceTheRead(t *testing
 		VirtualMachines:        []emulator.VMConfig{{Name: "vm", SystemAssigned: true, UserAssignedIdentities: []string{"ours"}}},
 		UserAssignedIdentities: []emulator.IdentityConfig{{Name: "ours"}, {Name: "theirs"}},
 	})
-	az, err := armcloud.New(w.settings(nil), armcloud.Options{PollInterval: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := testenv.Context(t)
-	vm := cloud.Resource{Kind: cloud.KindVM, SubscriptionID: w.sub, ResourceGroup: w.rg, Name: "vm"}
+	az := w.client(t, armcloud.Options{})
+	ctx := context.Background()
+	vm := w.vm("vm")
 	ours := emulator.IdentityID(w.sub, w.rg, "ours")
 	read, err := az.Get(ctx, vm)
 	if err != nil {
@@ -61,7 +57,7 @@ func TestRemovingTheLastIdentityNeverDropsOneSomeoneAddedSinceTheRead(t *testing
 	}
 }
 
-func identitiesOn(t *testing.T, w *world, resource string) []string {
+func identitiesOn(t *testing.T, w *emulated, resource string) []string {
 	t.Helper()
 	ids, err := w.e.AssignedIdentities(resource)
 	if err != nil {
