@@ -102,6 +102,8 @@ func TestRBACGranted(t *testing.T) {
 				// (tokenrequest_test.go); nothing else on ServiceAccounts.
 				{nmi, "create", "", "serviceaccounts/token", other, true, ""},
 				{nmi, "get", "", "serviceaccounts", other, false, ""},
+				// nmi.federation.honorWorkloadIdentityAnnotations (everything.yaml): their metadata.
+				{nmi, "watch", "", "serviceaccounts", "", s.name == "everything", ""},
 				{nmi, "create", "", "serviceaccounts", other, false, ""},
 			}
 			checks = append(checks, secretAccess(s.name, nmi, ns, secretNS, other)...)

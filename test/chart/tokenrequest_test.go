@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"helm.sh/helm/v3/pkg/chart"
+	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -246,4 +247,68 @@ func grants(cr *rbacv1.ClusterRole, resource, verb string) bool {
 		}
 	}
 	return false
+}
+
+// The federation values reach NMI: its flags, SERVICE_ACCOUNT_NAME and POD_UID for the broker,
+// list/watch on ServiceAccounts only for Workload Identity annotations; azureIdentities may be
+// federated, with an audience the policy allows.
+func TestFederationValuesReachNMI(t *testing.T) {
+	objs := render(t, "podidentity", "podidentity", readValues(t, "everything.yaml"))
+	nmi := decode[appsv1.DaemonSet](t, find(objs, "DaemonSet", "-nmi"))
+	c := nmi.Spec.Template.Spec.Containers[0]
+	wantArgs(t, "NMI", c.Args, "--federation-propagation-window=2m", "--honor-workload-identity-annotations=true",
+		"--federation-default-tenant-id=72f988bf-0000-4000-8000-000000000001")
+	for name, path := range map[string]string{"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace",
+		"POD_UID": "metadata.uid", "SERVICE_ACCOUNT_NAME": "spec.serviceAccountName"} {
+		var got string
+		for _, e := range c.Env {
+			if e.Name == name && e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
+				got = e.ValueFrom.FieldRef.FieldPath
+			}
+		}
+		if got != path {
+			t.Errorf("NMI: %s from %q, want the downward API's %s", name, got, path)
+		}
+	}
+	cr := decode[rbacv1.ClusterRole](t, find(objs, "ClusterRole", "-nmi"))
+	if !grants(cr, "serviceaccounts", "watch") || grants(cr, "serviceaccounts", "get") {
+		t.Errorf("with honorWorkloadIdentityAnnotations NMI needs list/watch on ServiceAccounts, nothing more: %+v", cr.Rules)
+	}
+	id := decode[aadv1.AzureIdentity](t, find(objs, "AzureIdentity", "demo-federated"))
+	if id.Spec.Federation == nil || id.Spec.Federation.Audience != "api://contoso-exchange" {
+		t.Errorf("azureIdentities.demo-federated rendered federation %+v", id.Spec.Federation)
+	}
+
+	def := render(t, "podidentity", "podidentity", map[string]any{"azureIdentities": map[string]any{"fed": map[string]any{
+		"clientID": "6c3c3f6e-7e0a-4f5b-9d3a-0a1b2c3d4e61", "federation": map[string]any{}}}})
+	if id := decode[aadv1.AzureIdentity](t, find(def, "AzureIdentity", "fed")); id.Spec.Federation == nil {
+		t.Errorf("azureIdentities.fed.federation {} rendered no spec.federation")
+	}
+	c = decode[appsv1.DaemonSet](t, find(def, "DaemonSet", "-nmi")).Spec.Template.Spec.Containers[0]
+	noArgPrefix(t, "NMI", c.Args, "--federation-propagation-window", "--honor-workload-identity-annotations", "--federation-default-tenant-id")
+	if grants(decode[rbacv1.ClusterRole](t, find(def, "ClusterRole", "-nmi")), "serviceaccounts", "watch") {
+		t.Errorf("NMI watches ServiceAccounts without honorWorkloadIdentityAnnotations")
+	}
+
+	ch, err := loadOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		vals map[string]any
+		want string
+	}{
+		{map[string]any{"azureIdentities": map[string]any{"fed": map[string]any{"clientID": "6c3c3f6e-7e0a-4f5b-9d3a-0a1b2c3d4e61",
+			"federation": map[string]any{"audience": "api://other"}}}},
+			`azureIdentities.fed.federation.audience "api://other" is not in nmi.federation.audiences`},
+		{map[string]any{"nmi": map[string]any{"federation": map[string]any{"enabled": false, "honorWorkloadIdentityAnnotations": true}}},
+			"nmi.federation.honorWorkloadIdentityAnnotations=true needs nmi.federation.enabled=true"},
+		{map[string]any{"nmi": map[string]any{"federation": map[string]any{"propagationWindow": "5 minutes"}}}, "propagationWindow"},
+		{map[string]any{"azureIdentities": map[string]any{"fed": map[string]any{"clientID": "6c3c3f6e-7e0a-4f5b-9d3a-0a1b2c3d4e61",
+			"federation": map[string]any{"subject": "Pod"}}}}, "subject"},
+	} {
+		if _, err := renderErr(ch, c.vals); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("values %v: got %v, want an error naming %q", c.vals, err, c.want)
+		}
+	}
 }

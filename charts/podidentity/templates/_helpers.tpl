@@ -105,6 +105,9 @@ Refuse values that can no longer work, with the fix in the message.
 {{- if and .Values.admissionPolicy.enabled (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) -}}
 {{- fail (printf "admissionPolicy.enabled=true needs Kubernetes 1.30 or later (ValidatingAdmissionPolicy v1), this cluster is %s: upgrade, or set admissionPolicy.enabled=false and nmi.federation.enabled=false (NMI still refuses such identities when a pod asks for a token; federated identities then fail)" .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
+{{- if and (include "podidentity.bool" .Values.nmi.federation.honorWorkloadIdentityAnnotations) (not .Values.nmi.federation.enabled) -}}
+{{- fail "nmi.federation.honorWorkloadIdentityAnnotations=true needs nmi.federation.enabled=true: the annotated ServiceAccounts' identities are federated, and NMI may mint their tokens only with it" -}}
+{{- end -}}
 {{- if and .Values.nmi.federation.enabled (not .Values.admissionPolicy.enabled) -}}
 {{- fail "nmi.federation.enabled=true grants NMI create on serviceaccounts/token, which only the chart's admission policy narrows to federation audiences and pod-bound tokens: keep admissionPolicy.enabled=true (Kubernetes 1.30+), or set nmi.federation.enabled=false (federated identities then fail with 403)" -}}
 {{- end -}}
