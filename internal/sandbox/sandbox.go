@@ -167,6 +167,8 @@ type Node struct {
 	NMIArgs []string
 	Net     *topology.Node
 	NMI     *Component
+
+	agent *agent.Agent
 }
 
 // Sandbox is a running sandbox.
@@ -489,6 +491,7 @@ func (s *Sandbox) startNodes(ctx, runCtx context.Context) error {
 		if err := a.Register(ctx); err != nil {
 			return err
 		}
+		n.agent = a
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()

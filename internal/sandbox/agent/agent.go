@@ -306,6 +306,23 @@ func (a *Agent) finishDeletion(ctx context.Context, pod *corev1.Pod, run *podRun
 	}
 }
 
+// PodNetNS is the network namespace a running pod's containers use (the node's for hostNetwork
+// pods), so tests can run a real client, such as an Azure SDK, as that pod would.
+func (a *Agent) PodNetNS(uid types.UID) (string, bool) {
+	a.mu.Lock()
+	run := a.pods[uid]
+	a.mu.Unlock()
+	if run == nil {
+		return "", false
+	}
+	if run.pod.Spec.HostNetwork {
+		return a.cfg.Net.NS, true
+	}
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	return run.nsName, run.net != nil
+}
+
 func (a *Agent) forget(uid types.UID) {
 	a.mu.Lock()
 	run := a.pods[uid]
