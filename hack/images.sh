@@ -33,7 +33,16 @@ SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct "${FROM_REV:-HE
 DATE=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
 OUT=${IMAGES_OUT:-$ROOT/_output/images}
 CACHE=${IMAGES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/podidentity/images}
-PACKAGES=$ROOT/build/base.packages
+# The tree the images are built from: the working tree, or IMAGES_FROM's files.
+SRC=$ROOT
+if [ -n "$FROM_REV" ]; then
+  SRC=$CACHE/src/$FROM_REV
+  if [ ! -f "$SRC/go.mod" ]; then
+    # One snapshot is kept: the previous ones are only disk space.
+    rm -rf "$CACHE/src" && mkdir -p "$SRC" && git archive "$FROM_REV" | tar -x -C "$SRC"
+  fi
+fi
+PACKAGES=$SRC/build/base.packages
 VPKG=github.com/podidentity/podidentity/internal/version
 LDFLAGS="-s -w -X $VPKG.Version=$VERSION -X $VPKG.Commit=$COMMIT -X $VPKG.Date=$DATE"
 # Both bases get this PATH; NMI's entrypoint puts the chosen iptables backend in front of it.
@@ -63,6 +72,7 @@ cmd_pin() {
 
 # ---- Docker Buildx: the Dockerfiles as users with a registry build them.
 build_docker() {
+  [ -z "$FROM_REV" ] || die "IMAGES_FROM works with buildah only (Docker builds the working tree): unset it, or IMAGE_ENGINE=buildah"
   mkdir -p "$OUT"
   for n in "${NAMES[@]}"; do
     local tag=$IMAGE_REPO/$n:$VERSION
@@ -80,14 +90,10 @@ build_docker() {
 
 # Static linux/amd64 binaries, relinked only when a Go file, go.mod/go.sum or the stamp changed.
 build_binaries() {
-  local bin=$OUT/bin key src=$ROOT
+  local bin=$OUT/bin key
   mkdir -p "$bin"
   if [ -n "$FROM_REV" ]; then
     key=$(echo "$LDFLAGS $(go version) $FROM_REV" | sha)
-    src=$CACHE/src/$FROM_REV
-    if [ ! -f "$src/go.mod" ]; then
-      rm -rf "$src" && mkdir -p "$src" && git archive "$FROM_REV" | tar -x -C "$src"
-    fi
   else
     key=$( { echo "$LDFLAGS"; go version; git ls-files -co --exclude-standard -- '*.go' go.mod go.sum |
       grep -v '_test\.go$' | LC_ALL=C sort | xargs sha256sum; } | sha)
@@ -99,7 +105,7 @@ build_binaries() {
   local pkgs=()
   for n in "${NAMES[@]}"; do pkgs+=("./cmd/$n"); done
   rm -f "$bin/.key"
-  (cd "$src" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -ldflags "$LDFLAGS" -o "$bin/" "${pkgs[@]}")
+  (cd "$SRC" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -ldflags "$LDFLAGS" -o "$bin/" "${pkgs[@]}")
   echo "$key" >"$bin/.key"
 }
 
@@ -214,7 +220,7 @@ build_image() {
   local n=$1 base=$2 tag=$IMAGE_REPO/$1:$VERSION entry user=$NONROOT:$NONROOT key stage ctr
   entry=$(entrypoint "$n")
   key=$( { podman image inspect --format "{{.Id}}" "$base"; sha256sum "$OUT/bin/$n";
-    [ "$n" != nmi ] || sha256sum build/nmi-entrypoint.sh; echo "$tag $COMMIT $DATE"; sed -n '/^# ---- images/,$p' "$0"; } | sha)
+    [ "$n" != nmi ] || sha256sum "$SRC/build/nmi-entrypoint.sh"; echo "$tag $COMMIT $DATE"; sed -n '/^# ---- images/,$p' "$0"; } | sha)
   if [ -f "$OUT/$n.tar" ] && [ "$(cat "$OUT/$n.key" 2>/dev/null)" = "$key" ] &&
     [ "$(podman image inspect --format "{{index .Labels \"io.podidentity.build-key\"}}" "$tag" 2>/dev/null)" = "$key" ]; then
     log "$tag up to date"; return
@@ -223,7 +229,7 @@ build_image() {
   stage=$(mktemp -d "$OUT/.stage-XXXXXX")
   TMPS+=("$stage" "$stage.tar")
   install -m 0755 "$OUT/bin/$n" "$stage/$n"
-  [ "$n" != nmi ] || install -m 0755 build/nmi-entrypoint.sh "$stage/nmi-entrypoint.sh"
+  [ "$n" != nmi ] || install -m 0755 "$SRC/build/nmi-entrypoint.sh" "$stage/nmi-entrypoint.sh"
   layer_tar "$stage" "$SOURCE_DATE_EPOCH" "$stage.tar"
   ctr=$(buildah from --pull=never "$base")
   buildah add --quiet "$ctr" "$stage.tar" / >/dev/null
