@@ -249,7 +249,7 @@ func grants(cr *rbacv1.ClusterRole, resource, verb string) bool {
 	return false
 }
 
-// The federation values reach NMI: its flags, SERVICE_ACCOUNT_NAME and POD_UID for the broker,
+// The federation values reach NMI and MIC: NMI's flags, SERVICE_ACCOUNT_NAME and POD_UID for the broker,
 // list/watch on ServiceAccounts only for Workload Identity annotations; azureIdentities may be
 // federated, with an audience the policy allows.
 func TestFederationValuesReachNMI(t *testing.T) {
@@ -270,6 +270,7 @@ func TestFederationValuesReachNMI(t *testing.T) {
 			t.Errorf("NMI: %s from %q, want the downward API's %s", name, got, path)
 		}
 	}
+	wantArgs(t, "MIC", args(t, objs, "Deployment"), "--skip-federated-assignments=true")
 	cr := decode[rbacv1.ClusterRole](t, find(objs, "ClusterRole", "-nmi"))
 	if !grants(cr, "serviceaccounts", "watch") || grants(cr, "serviceaccounts", "get") {
 		t.Errorf("with honorWorkloadIdentityAnnotations NMI needs list/watch on ServiceAccounts, nothing more: %+v", cr.Rules)
@@ -286,6 +287,7 @@ func TestFederationValuesReachNMI(t *testing.T) {
 	}
 	c = decode[appsv1.DaemonSet](t, find(def, "DaemonSet", "-nmi")).Spec.Template.Spec.Containers[0]
 	noArgPrefix(t, "NMI", c.Args, "--federation-propagation-window", "--honor-workload-identity-annotations", "--federation-default-tenant-id")
+	noArgPrefix(t, "MIC", args(t, def, "Deployment"), "--skip-federated-assignments")
 	if grants(decode[rbacv1.ClusterRole](t, find(def, "ClusterRole", "-nmi")), "serviceaccounts", "watch") {
 		t.Errorf("NMI watches ServiceAccounts without honorWorkloadIdentityAnnotations")
 	}
