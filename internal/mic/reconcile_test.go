@@ -271,3 +271,25 @@ func TestReconcileKeepsAnAAICreatedWhenARMReportsAnotherClientID(t *testing.T) {
 		t.Errorf("warnings %q, want the fix", w)
 	}
 }
+
+func TestReconcileAssignsFederatedIdentitiesWithoutARM(t *testing.T) {
+	f := newFixture(t, nil)
+	f.identity("fed", func(id *aadv1.AzureIdentity) { id.Spec.Federation = &aadv1.Federation{}; id.Spec.TenantID = "t" })
+	f.identity("std")
+	f.pod("p1", "fed")
+	f.pod("p2", "std")
+	f.reconcile()
+	if got := f.states(); got[aaiName("p1", "fed")] != aadv1.AssignedIDAssigned || got[aaiName("p2", "std")] != aadv1.AssignedIDAssigned {
+		t.Fatalf("AAIs %v, want both Assigned", got)
+	}
+	if p := f.patches(); len(p) != 1 || fmt.Sprint(p[0].Add) != fmt.Sprint([]string{idID("std")}) {
+		t.Fatalf("PATCHes %+v, want one adding only the standard identity", p)
+	}
+	owned, err := f.c.own.get(context.Background(), pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := owned[idID("fed")]; ok || len(owned) != 1 {
+		t.Errorf("ownership record %v, want the standard identity only", owned)
+	}
+}
