@@ -62,30 +62,32 @@ type Options struct {
 	ChunkSize int
 }
 
-// DefaultOptions are MIC's defaults, also those of its flags (the only place they are written).
+// DefaultOptions are MIC's defaults. Each is written once: those of options with a flag in
+// AddFlags (which sets every field it registers to the flag's default, as pflag does), the
+// others here.
 func DefaultOptions() Options {
-	return Options{
-		BatchIdle: time.Second, BatchMax: 5 * time.Second, Workers: 16, KubeWrites: 50,
-		ResyncInterval: time.Hour, ReconcileInterval: 3 * time.Minute,
+	o := Options{
 		QuarantineBase: 10 * time.Second, QuarantineMax: 10 * time.Minute,
 		RetryBase: time.Second, RetryMax: 5 * time.Minute, ChunkSize: cloud.MaxIdentitiesPerRequest,
 	}
+	o.AddFlags(pflag.NewFlagSet("defaults", pflag.ContinueOnError))
+	return o
 }
 
-// AddFlags registers the flags that set o, with o's current values as their defaults (call it on
-// DefaultOptions()). Namespace, ImmutableClientIDs and Defaults come from the environment and the
-// cloud config, so the command sets them.
+// AddFlags registers the flags that set o and sets those fields to the flags' defaults (docs
+// are generated from these literals: `make docs-flags`). Namespace, ImmutableClientIDs and
+// Defaults come from the environment and the cloud config, so the command sets them.
 func (o *Options) AddFlags(fs *pflag.FlagSet) {
-	fs.BoolVar(&o.ForceNamespaced, "forceNamespaced", o.ForceNamespaced, "Require identity, binding and pod in one namespace (also env FORCENAMESPACED=true).")
-	fs.DurationVar(&o.ResyncInterval, "syncRetryDuration", o.ResyncInterval, "Period of a full pass even without events.")
-	fs.IntVar(&o.KubeWrites, "createDeleteBatch", o.KubeWrites, "Most concurrent AzureAssignedIdentity writes per VM/VMSS.")
-	fs.DurationVar(&o.ReconcileInterval, "identity-assignment-reconcile-interval", o.ReconcileInterval, "Period of re-reading every VM/VMSS and re-adding identities removed out of band.")
-	fs.BoolVar(&o.KeepFinishedPods, "keep-finished-pods", o.KeepFinishedPods, "Keep identities of Succeeded/Failed pods assigned (upstream behaviour).")
-	fs.BoolVar(&o.RequireServiceAccountBindings, "require-service-account-bindings", o.RequireServiceAccountBindings, "Ignore AzureIdentityBindings without spec.serviceAccountName (a Warning event on each says to set it); set the same on NMI.")
-	fs.BoolVar(&o.SkipFederatedAssignments, "skip-federated-assignments", o.SkipFederatedAssignments, "Write no AzureAssignedIdentities for federated identities (NMI resolves them from the bindings; kubectl get azureassignedidentities then omits them).")
-	fs.DurationVar(&o.BatchIdle, "batch-idle", o.BatchIdle, "Start a pass once no event arrived for this long.")
-	fs.DurationVar(&o.BatchMax, "batch-max", o.BatchMax, "Start a pass at the latest this long after the first event of a burst (a VM/VMSS whose PATCH is running collects later changes into its next PATCH anyway).")
-	fs.IntVar(&o.Workers, "workers", o.Workers, "VMs/VMSS reconciled in parallel.")
+	fs.BoolVar(&o.ForceNamespaced, "forceNamespaced", false, "Require identity, binding and pod in one namespace (also env FORCENAMESPACED=true).")
+	fs.DurationVar(&o.ResyncInterval, "syncRetryDuration", time.Hour, "Period of a full pass even without events.")
+	fs.IntVar(&o.KubeWrites, "createDeleteBatch", 50, "Most concurrent AzureAssignedIdentity writes per VM/VMSS.")
+	fs.DurationVar(&o.ReconcileInterval, "identity-assignment-reconcile-interval", 3*time.Minute, "Period of re-reading every VM/VMSS and re-adding identities removed out of band.")
+	fs.BoolVar(&o.KeepFinishedPods, "keep-finished-pods", false, "Keep identities of Succeeded/Failed pods assigned (upstream behaviour).")
+	fs.BoolVar(&o.RequireServiceAccountBindings, "require-service-account-bindings", false, "Ignore AzureIdentityBindings without spec.serviceAccountName (a Warning event on each says to set it); set the same on NMI.")
+	fs.BoolVar(&o.SkipFederatedAssignments, "skip-federated-assignments", false, "Write no AzureAssignedIdentities for federated identities (NMI resolves them from the bindings; kubectl get azureassignedidentities then omits them).")
+	fs.DurationVar(&o.BatchIdle, "batch-idle", time.Second, "Start a pass once no event arrived for this long.")
+	fs.DurationVar(&o.BatchMax, "batch-max", 5*time.Second, "Start a pass at the latest this long after the first event of a burst (a VM/VMSS whose PATCH is running collects later changes into its next PATCH anyway).")
+	fs.IntVar(&o.Workers, "workers", 16, "VMs/VMSS reconciled in parallel.")
 }
 
 // ErrInvalidOptions is wrapped by every error of Validate.
