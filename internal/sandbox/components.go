@@ -263,6 +263,10 @@ func (s *Sandbox) startNMI(ctx, runCtx context.Context) error {
 		return err
 	}
 	t0 := time.Now()
+	pods, err := s.nmiPods(ctx)
+	if err != nil {
+		return err
+	}
 	for i, n := range s.Nodes {
 		// The chart's arguments, plus the kubeconfig (through $KUBECONFIG, as NMI reads it).
 		args := []string{
@@ -275,13 +279,13 @@ func (s *Sandbox) startNMI(ctx, runCtx context.Context) error {
 		c, err := s.startComponent(runCtx, proc.Spec{
 			Name: "nmi-" + strconv.Itoa(i), Path: filepath.Join(s.binDir, "nmi"), NetNS: n.Net.NS,
 			Args: append(append(args, s.Opts.NMIArgs...), n.NMIArgs...), LogDir: filepath.Join(s.Dir, "logs"),
-			Env: []string{
+			Env: append([]string{
 				"NODE_NAME=" + n.Name, "KUBECONFIG=" + s.Kubeconfig,
 				// Custom-cloud endpoints as MIC reads them; NMI takes service principals' Azure AD
 				// from each identity's adEndpoint, and trusts the emulator's CA through Go's
 				// SSL_CERT_FILE (the sandbox has no other destination).
 				"AZURE_ENVIRONMENT_FILEPATH=" + envFile, "SSL_CERT_FILE=" + filepath.Join(s.Dir, "emulator-ca.pem"),
-			},
+			}, podEnv(pods[n.Name])...),
 		})
 		if err != nil {
 			return err

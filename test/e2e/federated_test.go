@@ -268,3 +268,39 @@ func TestFederatedDemoObjects(t *testing.T) {
 	}
 	onNoVM(t, info)
 }
+
+// Issue 15: a broker identity's token comes from the exchange of NMI's own ServiceAccount token
+// (one credential for the cluster, naming NMI), and podidentity's bindings alone decide which
+// pods get it: a bound pod does, an unbound pod of the same namespace does not.
+func TestFederatedBrokerSubject(t *testing.T) {
+	t.Parallel()
+	ns := namespace(t)
+	node := sb.Nodes[1].Name
+	info := azureIdentity(t, "broker")
+	id, err := sb.FederatedIdentityObject(ns, "broker", info.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id.Spec.Federation.Subject = aadv1.FederationSubjectBroker
+	if err := crc(t).Create(ctxFor(t), id); err != nil {
+		t.Fatal(err)
+	}
+	fic(t, info, sandbox.MICNamespace, sandbox.NMIServiceAccount)
+	saBinding(t, ns, "broker", "broker", "", "app")
+
+	saPod(t, ns, "app", node, "", "app", "az", "login", "--identity")
+	if r := firstToken(t, ns, "app"); !strings.EqualFold(r.AppID, info.ClientID) || !strings.EqualFold(r.MIRID, info.ID) {
+		t.Fatalf("bound pod got %s, want the broker identity %s", r.Summary(), info.ClientID)
+	}
+	if n := exchanges(info, sandbox.MICNamespace, sandbox.NMIServiceAccount); n == 0 {
+		t.Errorf("no exchange of NMI's own ServiceAccount token for the broker identity")
+	}
+	if n := exchanges(info, ns, "app"); n != 0 {
+		t.Errorf("%d exchanges of the pod's own ServiceAccount token for a broker identity", n)
+	}
+	saPod(t, ns, "unbound", node, "", "other", "curl", "-s", "-H", "Metadata: true", tokenURL("&client_id="+info.ClientID))
+	if r := httpResult(t, ns, "unbound"); r.Status != http.StatusForbidden {
+		t.Errorf("unbound pod asking for the broker identity: got %s (%s), want 403", r.Summary(), r.Error)
+	}
+	onNoVM(t, info)
+}
