@@ -115,7 +115,8 @@ func (c *Component) Restarts() int {
 // starts a new one.
 func (c *Component) Kill() { c.Process().Signal(syscall.SIGKILL) }
 
-// Stop stops the process with SIGTERM (NMI removes its iptables rules then) and ends supervision.
+// Stop stops the process with SIGTERM (NMI keeps its iptables rules, as on a rolling update:
+// its DaemonSet is not being deleted) and ends supervision.
 func (c *Component) Stop() {
 	c.mu.Lock()
 	c.stopping = true
