@@ -57,15 +57,19 @@ manifests: ## Regenerate the chart's CRD copies and the plain manifests in deplo
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 IMAGE_REPO ?= ghcr.io/podidentity
 IMAGES := mic nmi azure-emulator probe-client
+# hack/images.sh stamps the version itself (from IMAGES_FROM's commit when set); pass VERSION on
+# only when it was given.
+IMAGES_ENV := IMAGE_REPO=$(IMAGE_REPO) $(if $(filter command line environment,$(origin VERSION)),VERSION=$(VERSION))
 
 .PHONY: images
-images: ## Build the container images (needs Docker Buildx; see build/README.md).
-	@command -v docker >/dev/null || { echo "images: no docker found; install Docker with Buildx, or build the binaries with 'make build'" >&2; exit 1; }
-	@for i in $(IMAGES); do \
-	  docker buildx build -f build/$$i.Dockerfile --build-arg VERSION=$(VERSION) \
-	    --build-arg COMMIT=$$(git rev-parse HEAD) --build-arg DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
-	    -t $(IMAGE_REPO)/$$i:$(VERSION) --load . ; \
-	done
+images: ## Build the images and OCI archives in _output/images (Docker Buildx when an engine answers, else buildah; see docs/images.md).
+	$(IMAGES_ENV) IMAGES="$(IMAGES)" hack/images.sh build
+
+.PHONY: images-test
+images-test: control-plane ## Build the images with buildah and prove under podman that they start with the chart's flags and securityContext, and that NMI's iptables work (test/images).
+	@mkdir -p $(BIN)
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) $(IMAGES_ENV) \
+	  go test $(GO_TEST_FLAGS) -v ./test/images/ 2>&1 | grep -vE '^\s+logger.go' | tee $(BIN)/images-test.txt | grep -E '^(=== RUN|---|ok|FAIL|PASS|panic)|_test.go'
 
 .PHONY: docs-flags
 docs-flags: ## Regenerate the flag tables in docs/configuration.md from MIC's and NMI's AddFlags.
