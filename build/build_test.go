@@ -69,3 +69,23 @@ func TestNMIEntrypoint(t *testing.T) {
 		t.Errorf("nmi-entrypoint.sh must be executable")
 	}
 }
+
+// The Dockerfile build and the local one (hack/images.sh) install the same pinned versions.
+func TestNMIDockerfilePinsFromBasePackages(t *testing.T) {
+	df, err := os.ReadFile("nmi.Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkgs, err := os.ReadFile("base.packages")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(df), "source=build/base.packages") {
+		t.Error("nmi.Dockerfile must take its package versions from build/base.packages")
+	}
+	for _, name := range []string{"iptables", "ca-certificates", "dash", "grep"} {
+		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `=\S+$`).Match(pkgs) {
+			t.Errorf("base.packages pins no version of %s", name)
+		}
+	}
+}

@@ -24,8 +24,10 @@ ARG VERSION=dev COMMIT=unknown
 # node's kube-proxy and CNI use, or it is invisible to the kernel path that matters;
 # nmi-entrypoint.sh picks it at start. The choice is made through PATH (two directories of
 # symlinks prepared here) because the root filesystem is read-only at run time.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends iptables ca-certificates \
+# The versions are build/base.packages', which the local build (hack/images.sh) uses too.
+RUN --mount=type=bind,source=build/base.packages,target=/tmp/base.packages \
+    apt-get update \
+ && apt-get install -y --no-install-recommends $(grep -E '^(iptables|ca-certificates)=' /tmp/base.packages) \
  && rm -rf /var/lib/apt/lists/* \
  && for mode in legacy nft; do \
       mkdir -p /opt/iptables/$mode; \
