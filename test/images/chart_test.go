@@ -37,7 +37,7 @@ var valueSets = map[string]map[string]any{
 			"leaderElection":    map[string]any{"instance": "i", "name": "n", "duration": "20s"},
 			"syncRetryDuration": "3600s", "immutableUserMSIs": []any{"00000000-0000-0000-0000-000000000003"},
 			"createDeleteBatch": "20", "clientQps": "5", "updateUserMSIMaxRetry": "2", "updateUserMSIRetryInterval": "1s",
-			"identityAssignmentReconcileInterval": "3m", "logVerbosity": 2, "loggingFormat": "json",
+			"identityAssignmentReconcileInterval": "3m", "logVerbosity": 2, "loggingFormat": "json", "skipFederatedAssignments": true,
 		},
 		"nmi": map[string]any{
 			"ipTableUpdateTimeIntervalInSeconds": "30", "retryAttemptsForCreated": "8", "retryAttemptsForAssigned": "2",
