@@ -68,7 +68,7 @@ images: ## Build the images and OCI archives in _output/images (Docker Buildx wh
 .PHONY: images-test
 images-test: control-plane ## Build the images with buildah and prove under podman that they start with the chart's flags and securityContext, and that NMI's iptables work (test/images).
 	@mkdir -p $(BIN)
-	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) $(IMAGES_ENV) \
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) PODIDENTITY_IMAGES_TEST=require $(IMAGES_ENV) \
 	  go test $(GO_TEST_FLAGS) -v ./test/images/ 2>&1 | grep -vE '^\s+logger.go' | tee $(BIN)/images-test.txt | grep -E '^(=== RUN|---|ok|FAIL|PASS|panic)|_test.go'
 
 .PHONY: docs-flags
