@@ -161,14 +161,3 @@ func run(t *testing.T, extra []string, image string, args ...string) (stdout, st
 	all = append(all, image)
 	return podman(t, append(all, args...)...)
 }
-
-// exitCode is the container's exit status, or -1 when podman itself failed otherwise.
-func exitCode(err error) int {
-	if err == nil {
-		return 0
-	}
-	if ee, ok := err.(*exec.ExitError); ok {
-		return ee.ExitCode()
-	}
-	return -1
-}
