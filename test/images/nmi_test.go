@@ -3,6 +3,7 @@ package images
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -122,11 +123,21 @@ func TestNMIRedirect(t *testing.T) {
 			if hasChain(ipt(t, ns, other, "-t", "nat", "-S")) {
 				t.Errorf("NMI also wrote its chain to the %s backend", other)
 			}
+			// A pod's IMDS request reaches NMI in its container through those rules. No Pod
+			// object has the pod's IP, so NMI answers pod_not_found.
+			pod := addPod(t, ns)
+			code, body, err := imdsFromPod(pod)
+			if err != nil || code != http.StatusNotFound || !strings.Contains(body, "pod_not_found") {
+				t.Errorf("IMDS from a pod: %d %q %v; want NMI's 404 pod_not_found", code, body, err)
+			}
 
 			// Stopping NMI keeps the redirect (pods must not reach IMDS while it is away).
 			mustPodman(t, "stop", "-t", "10", name)
 			if !hasChain(ipt(t, ns, tc.want, "-t", "nat", "-S")) {
 				t.Errorf("the chain went away when NMI stopped:\n%s", containerLogs(t, name))
+			}
+			if code, body, err := imdsFromPod(pod); err == nil {
+				t.Errorf("with NMI stopped a pod's IMDS request was answered: %d %q", code, body)
 			}
 
 			// --cleanup-iptables, as after an uninstall, with the chart's settings.
@@ -144,6 +155,48 @@ func TestNMIRedirect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// addPod makes a pod namespace joined to node namespace ns by a veth (pod 10.250.0.2, node
+// 10.250.0.1, the pod's default route through the node), removed when the test ends.
+func addPod(t *testing.T, ns string) string {
+	t.Helper()
+	ctx := context.Background()
+	pod := ns + "-pod"
+	if err := netns.Add(ctx, pod); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = netns.Delete(ctx, pod) })
+	for _, step := range [][]string{
+		{"-n", ns, "link", "add", "vpod", "type", "veth", "peer", "name", "eth0", "netns", pod},
+		{"-n", ns, "addr", "add", "10.250.0.1/30", "dev", "vpod"},
+		{"-n", ns, "link", "set", "vpod", "up"},
+		{"-n", pod, "addr", "add", "10.250.0.2/30", "dev", "eth0"},
+		{"-n", pod, "link", "set", "eth0", "up"},
+		{"-n", pod, "route", "add", "default", "via", "10.250.0.1"},
+	} {
+		if _, err := netns.IP(ctx, step...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pod
+}
+
+// imdsFromPod asks IMDS for a token from inside pod namespace pod (never from the machine's).
+func imdsFromPod(pod string) (int, string, error) {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: netns.Dialer(pod)}}
+	req, err := http.NewRequest(http.MethodGet, "http://169.254.169.254/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https%3A%2F%2Fmanagement.azure.com%2F", nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Metadata", "true")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
 }
 
 // nmiRunOptions are podman options for NMI as the chart runs it: its securityContext, env (the
