@@ -219,3 +219,64 @@ func securityArgs(t *testing.T, w workload) []string {
 	}
 	return args
 }
+
+// hostPathMounts are podman -v options for the chart's hostPath mounts of w: a file with
+// contents[mountPath] when given, else an empty stand-in (a file for File and FileOrCreate, a
+// directory otherwise).
+func hostPathMounts(t *testing.T, w workload, contents map[string][]byte) []string {
+	t.Helper()
+	vols := map[string]corev1.Volume{}
+	for _, v := range w.pod.Volumes {
+		vols[v.Name] = v
+	}
+	dir := t.TempDir()
+	var opts []string
+	for i, m := range w.container.VolumeMounts {
+		v, ok := vols[m.Name]
+		if !ok || v.HostPath == nil {
+			t.Fatalf("%s mount %s is not a hostPath volume; teach this test its stand-in", w.image, m.Name)
+		}
+		src := filepath.Join(dir, strconv.Itoa(i))
+		file := v.HostPath.Type != nil && (*v.HostPath.Type == corev1.HostPathFileOrCreate || *v.HostPath.Type == corev1.HostPathFile)
+		if b, ok := contents[m.MountPath]; ok || file {
+			if err := os.WriteFile(src, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := os.Mkdir(src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		spec := src + ":" + m.MountPath
+		if m.ReadOnly {
+			spec += ":ro"
+		}
+		opts = append(opts, "-v", spec)
+	}
+	return opts
+}
+
+// downwardEnv is w's environment as the kubelet would set it for a pod named pod in namespace
+// ns on node: literal values and the downward-API fields the chart uses.
+func downwardEnv(t *testing.T, w workload, pod, ns, node string) []string {
+	t.Helper()
+	var opts []string
+	for _, e := range w.container.Env {
+		v := e.Value
+		if e.ValueFrom != nil {
+			if e.ValueFrom.FieldRef == nil {
+				continue // Secret references: the chart marks them optional.
+			}
+			switch e.ValueFrom.FieldRef.FieldPath {
+			case "metadata.name":
+				v = pod
+			case "metadata.namespace":
+				v = ns
+			case "spec.nodeName":
+				v = node
+			default:
+				t.Fatalf("%s env %s comes from %s; teach this test its value", w.image, e.Name, e.ValueFrom.FieldRef.FieldPath)
+			}
+		}
+		opts = append(opts, "--env", e.Name+"="+v)
+	}
+	return opts
+}

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/go-logr/logr/testr"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
@@ -214,36 +213,12 @@ func nmiRunOptions(t *testing.T, w workload, ns, kubeconfig string) []string {
 	return append(opts, nmiMounts(t, w, kubeconfig)...)
 }
 
-// nmiMounts gives each of the chart's hostPath mounts an empty stand-in (a file for
-// FileOrCreate, else a directory) and adds the kubeconfig that replaces in-cluster config.
+// nmiMounts gives each of the chart's hostPath mounts an empty stand-in and adds the kubeconfig
+// that replaces in-cluster config.
 func nmiMounts(t *testing.T, w workload, kubeconfig string) []string {
 	t.Helper()
-	vols := map[string]corev1.Volume{}
-	for _, v := range w.pod.Volumes {
-		vols[v.Name] = v
-	}
-	dir := t.TempDir()
 	opts := []string{"--env", "KUBECONFIG=/var/run/podidentity-test/kubeconfig", "-v", kubeconfig + ":/var/run/podidentity-test/kubeconfig:ro"}
-	for i, m := range w.container.VolumeMounts {
-		v, ok := vols[m.Name]
-		if !ok || v.HostPath == nil {
-			t.Fatalf("NMI mount %s is not a hostPath volume; teach this test its stand-in", m.Name)
-		}
-		src := filepath.Join(dir, strconv.Itoa(i))
-		if v.HostPath.Type != nil && *v.HostPath.Type == corev1.HostPathFileOrCreate {
-			if err := os.WriteFile(src, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		} else if err := os.Mkdir(src, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		spec := src + ":" + m.MountPath
-		if m.ReadOnly {
-			spec += ":ro"
-		}
-		opts = append(opts, "-v", spec)
-	}
-	return opts
+	return append(opts, hostPathMounts(t, w, nil)...)
 }
 
 // writeKubeconfig writes the test apiserver's admin credentials for NMI; the relay makes
@@ -285,7 +260,7 @@ func probePort(t *testing.T, args []string) int {
 	return 0
 }
 
-// waitReady polls NMI's /readyz inside ns (ready = watches synced and redirect installed) and
+// waitReady polls /readyz of container name inside ns (NMI: watches synced and redirect installed; MIC: caches synced) and
 // fails with NMI's logs when the container exits or a minute passes.
 func waitReady(t *testing.T, ns, name string, port int) {
 	t.Helper()
@@ -299,11 +274,11 @@ func waitReady(t *testing.T, ns, name string, port int) {
 			}
 		}
 		if state, _, _ := podman(t, "inspect", "--format", "{{.State.Running}}", name); strings.TrimSpace(state) == "false" {
-			t.Fatalf("NMI's container exited before it was ready:\n%s", containerLogs(t, name))
+			t.Fatalf("container %s exited before it was ready:\n%s", name, containerLogs(t, name))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-	t.Fatalf("NMI not ready within a minute:\n%s", containerLogs(t, name))
+	t.Fatalf("container %s not ready within a minute:\n%s", name, containerLogs(t, name))
 }
 
 // waitExit waits (at most two minutes, podman's timeout here) for container name to exit and returns its code and logs.
