@@ -67,7 +67,8 @@ func options() sandbox.Options {
 		// One node whose NMI runs the optional modes, so their scenarios do not change what the
 		// parallel tests on the default nodes see (it is tainted: only pods naming it run there).
 		ExtraNodes: []sandbox.NodeSpec{{Name: modesNode, NMIArgs: []string{"--set-retry-after-header", "--block-instance-metadata"}},
-			{Name: saRequiredNode, NMIArgs: []string{"--require-service-account-bindings"}}},
+			{Name: saRequiredNode, NMIArgs: []string{"--require-service-account-bindings"}},
+			{Name: wiNode, NMIArgs: []string{"--honor-workload-identity-annotations"}}},
 		ProbeArgs:      []string{"--retries=4", "--retry-delay=500ms", "--retry-max-delay=2s", "--request-timeout=60s"},
 		RestartBackoff: time.Second,
 		Demo:           true,
