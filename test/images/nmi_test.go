@@ -260,7 +260,8 @@ func probePort(t *testing.T, args []string) int {
 	return 0
 }
 
-// waitReady polls /readyz of container name inside ns (NMI: watches synced and redirect installed; MIC: caches synced) and
+// waitReady polls /readyz of container name inside ns (NMI: watches synced and redirect
+// installed; MIC: caches synced) and
 // fails with NMI's logs when the container exits or a minute passes.
 func waitReady(t *testing.T, ns, name string, port int) {
 	t.Helper()

@@ -17,7 +17,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"golang.org/x/sys/unix"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	"github.com/podidentity/podidentity/internal/chartrender"
 )
@@ -40,6 +42,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// envtest logs through controller-runtime; without a logger it prints a stack trace instead.
+	ctrllog.SetLogger(logr.Discard())
 	if _, err := exec.LookPath("podman"); err != nil {
 		noPodman = true
 	} else {
