@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -49,7 +47,7 @@ func (r *readiness) handler() http.Handler {
 // stop only when the API shows an uninstall (iptables.RemoveOnShutdown); that needs NMI's pod
 // from POD_NAMESPACE/POD_NAME. Without them NMI still runs, and its rules outlive it: the log
 // says so and names the cleanup.
-func newKeeper(ctx context.Context, o *options, kc kubernetes.Interface, log logr.Logger) (*iptables.Keeper, error) {
+func newKeeper(ctx context.Context, o *options, kc kubernetes.Interface, getenv func(string) string, log logr.Logger) (*iptables.Keeper, error) {
 	ipt, err := iptables.New("")
 	if err != nil {
 		return nil, err
@@ -58,7 +56,7 @@ func newKeeper(ctx context.Context, o *options, kc kubernetes.Interface, log log
 		Interval: time.Duration(o.iptUpdateIntervalSec) * time.Second,
 		Rules:    iptables.Rules{MetadataIP: o.metadataIP, MetadataPort: o.metadataPort, TargetIP: o.listenAddress, TargetPort: o.port}}
 	k.Conntrack = func() (uint, error) { return iptables.DeleteConntrack(nil, k.Rules) }
-	owner, err := iptables.ResolveOwner(ctx, kc, os.Getenv("POD_NAMESPACE"), os.Getenv("POD_NAME"))
+	owner, err := iptables.ResolveOwner(ctx, kc, getenv("POD_NAMESPACE"), getenv("POD_NAME"))
 	if err != nil {
 		log.Error(err, "an uninstall will not be recognised: the iptables rules will stay when NMI stops; after uninstalling, run `nmi --cleanup-iptables` on each node")
 		return k, nil
@@ -81,17 +79,5 @@ func cleanupIPTables(log logr.Logger) error {
 		return fmt.Errorf("--cleanup-iptables: %w", err)
 	}
 	log.Info("--cleanup-iptables: NMI's iptables rules are removed from this node", "chains", []string{"nat/" + iptables.Chain, "filter/" + iptables.GuardChain})
-	return nil
-}
-
-// stopServing keeps answering for grace (in-flight and new requests; /readyz already says 503),
-// then stops accepting and waits for in-flight requests.
-func stopServing(hs *http.Server, grace time.Duration) error {
-	time.Sleep(grace)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("stopping the token server: %w", err)
-	}
 	return nil
 }

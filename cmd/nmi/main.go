@@ -7,11 +7,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -83,14 +85,15 @@ type options struct {
 	auxListenAddress string
 }
 
-// AddFlags registers every upstream NMI flag plus podidentity's own.
-func (o *options) AddFlags(fs *pflag.FlagSet) {
+// AddFlags registers every upstream NMI flag plus podidentity's own; getenv gives the defaults
+// that come from the environment.
+func (o *options) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.StringVar(&o.listenAddress, "nmi-listen-address", "127.0.0.1", "address NMI listens on (0.0.0.0 for Cilium local-redirect; DNAT still targets 127.0.0.1)")
 	fs.IntVar(&o.port, "nmi-port", 2579, "port NMI listens on; also the DNAT target port")
 	fs.StringVar(&o.metadataIP, "metadata-ip", "169.254.169.254", "IMDS address: DNAT match, proxy target and conntrack filter")
 	fs.IntVar(&o.metadataPort, "metadata-port", 80, "IMDS port")
-	fs.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
+	fs.StringVar(&o.node, "node", getenv("NODE_NAME"), "this node's name (default $NODE_NAME)")
 	fs.IntVar(&o.iptUpdateIntervalSec, "ipt-update-interval-sec", 60, "seconds between checks and repairs of the iptables redirect")
 	fs.BoolVar(&o.forceNamespaced, "forceNamespaced", false, "namespaced mode: identities serve only pods of their own namespace (or env FORCENAMESPACED=true)")
 	fs.StringVar(&o.micNamespace, "MICNamespace", "default", "namespace of MIC, whose pods get IMDS passthrough")
@@ -126,7 +129,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.federationPropagationWindow, "federation-propagation-window", nmi.DefaultFederationPropagationWindow, "federated identities: Azure AD's \"no matching federated credential\" within this long of the newest creation of the identity, its binding and the pod is answered 503 + Retry-After (a new credential takes a while to be seen); later 403 with the az command that creates it (0: always 403)")
 	fs.BoolVar(&o.honorWorkloadIdentityAnnotations, "honor-workload-identity-annotations", false, "give a pod that no binding selects the federated identity its ServiceAccount's azure.workload.identity/client-id (and tenant-id) annotations name, as Azure Workload Identity does")
 	fs.StringVar(&o.federationDefaultTenantID, "federation-default-tenant-id", "", "tenant of federated identities without one: implicit Workload Identity identities whose ServiceAccount has no azure.workload.identity/tenant-id annotation (NMI reads no azure.json)")
-	fs.StringVar(&o.serviceAccountName, "service-account-name", os.Getenv("SERVICE_ACCOUNT_NAME"), "NMI's own ServiceAccount (default $SERVICE_ACCOUNT_NAME), whose tokens broker identities (spec.federation.subject Broker) present; with POD_NAME, POD_NAMESPACE and POD_UID from the downward API")
+	fs.StringVar(&o.serviceAccountName, "service-account-name", getenv("SERVICE_ACCOUNT_NAME"), "NMI's own ServiceAccount (default $SERVICE_ACCOUNT_NAME), whose tokens broker identities (spec.federation.subject Broker) present; with POD_NAME, POD_NAMESPACE and POD_UID from the downward API")
 	fs.BoolVar(&o.cleanupIPTables, "cleanup-iptables", false, "remove NMI's iptables rules (nat chain aad-metadata, filter chain aad-metadata-localnet, their jumps) from this node and exit; for nodes left with them after an uninstall")
 }
 
@@ -153,14 +156,16 @@ func (o *options) validate() error {
 	return errors.Join(errs...)
 }
 
-func (o *options) config() nmi.Config {
+// config is the nmi.Config of the flags (FORCENAMESPACED from getenv); Run's wiring is added by
+// start.
+func (o *options) config(getenv func(string) string) nmi.Config {
 	c := nmi.Config{
 		NodeName: o.node, MetadataIP: o.metadataIP, MetadataPort: o.metadataPort,
 		MetadataHeaderRequired: o.metadataHeaderRequired, BlockInstanceMetadata: o.blockInstanceMetadata,
 		OperationMode: o.operationMode, MICNamespace: o.micNamespace, MICServiceAccount: o.micServiceAccount,
 		AllowCrossNamespaceSecrets: o.allowCrossNamespaceSecrets, AllowedADEndpoints: o.allowedADEndpoints, RequireServiceAccountBindings: o.requireSABindings,
 		ServeDeletingPods:       o.serveDeletingPods,
-		ForceNamespaced:         o.forceNamespaced || strings.EqualFold(os.Getenv(aadv1.ForceNamespacedEnv), "true"),
+		ForceNamespaced:         o.forceNamespaced || strings.EqualFold(getenv(aadv1.ForceNamespacedEnv), "true"),
 		RetryAttemptsForCreated: o.retryAttemptsForCreated, RetryAttemptsForAssigned: o.retryAttemptsForAssigned,
 		FindIdentityRetryInterval: time.Duration(o.findIdentityRetryInterval) * time.Second,
 		SetRetryAfterHeader:       o.setRetryAfterHeader, PodRateLimit: o.podRateLimit, PodRateBurst: o.podRateBurst,
@@ -173,55 +178,84 @@ func (o *options) config() nmi.Config {
 }
 
 func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	stop()
+	klog.Flush()
+	if err != nil {
+		ce := cmdError{err: err, code: 1}
+		_ = errors.As(err, &ce)
+		if !ce.logged {
+			fmt.Fprintln(os.Stderr, "nmi:", err)
+		}
+		os.Exit(ce.code)
+	}
+}
+
+// cmdError is run's failure with main's exit code (2: bad command line, as pflag's and klog's
+// own); logged says run has logged it already, so main does not print it again.
+type cmdError struct {
+	err    error
+	code   int
+	logged bool
+}
+
+func (e cmdError) Error() string { return e.err.Error() }
+func (e cmdError) Unwrap() error { return e.err }
+
+// run is NMI's whole command: flags from args, environment from getenv, --version and --help
+// output to stdout. It serves until ctx ends (SIGTERM), then stops as nmi.Agent.Run describes.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	var o options
-	fs := pflag.NewFlagSet("nmi", pflag.ExitOnError)
-	o.AddFlags(fs)
-	gofs := flag.NewFlagSet("klog", flag.ExitOnError)
+	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
+	fs.SetOutput(stdout)
+	o.AddFlags(fs, getenv)
+	gofs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(gofs)
 	fs.AddGoFlagSet(gofs)
-	_ = fs.Parse(os.Args[1:])
-	if version.PrintIfRequested(o.version, "nmi", os.Stdout) {
-		return
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return cmdError{err: fmt.Errorf("%w (nmi --help lists the flags)", err), code: 2}
+	}
+	if version.PrintIfRequested(o.version, "nmi", stdout) {
+		return nil
 	}
 	if err := logging.Setup(o.logFormat, logging.Verbosity(gofs), os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
+		return cmdError{err: err, code: 2}
 	}
 	log := klog.Background().WithName("nmi")
 	if o.cleanupIPTables {
 		if err := cleanupIPTables(log.WithName("iptables")); err != nil {
 			log.Error(err, "nmi --cleanup-iptables failed")
-			klog.Flush()
-			os.Exit(1)
+			return cmdError{err: err, code: 1, logged: true}
 		}
-		klog.Flush()
-		return
+		return nil
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := run(ctx, &o, log); err != nil {
+	if err := start(ctx, &o, getenv, log); err != nil {
 		log.Error(err, "nmi failed")
-		klog.Flush()
-		os.Exit(1)
+		return cmdError{err: err, code: 1, logged: true}
 	}
-	klog.Flush()
+	return nil
 }
 
-// run serves until ctx ends (SIGTERM), then stops as described in lifecycle.go.
-func run(ctx context.Context, o *options, log logr.Logger) error {
+// start checks the node, starts the probe and metrics servers and runs nmi.Run with the
+// iptables keeper as its Redirect.
+func start(ctx context.Context, o *options, getenv func(string) string, log logr.Logger) error {
 	if err := o.validate(); err != nil {
 		return err
 	}
-	cfg := o.config()
+	cfg := o.config(getenv)
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	// Service principals use the cloud MIC uses (AZURE_ENVIRONMENT_FILEPATH / CLOUD).
-	if err := cfg.LoadCloud(os.Getenv); err != nil {
+	if err := cfg.LoadCloud(getenv); err != nil {
 		return err
 	}
 	// Broker identities present NMI's own token, bound to NMI's pod (downward API env vars).
-	cfg.Broker = nmi.BrokerFromEnv(os.Getenv, o.serviceAccountName)
+	cfg.Broker = nmi.BrokerFromEnv(getenv, o.serviceAccountName)
 	if !o.allowKubenet {
 		facts, err := nmi.ReadNetworkFacts(o.kubeletConfig, o.cniConfDir)
 		if err != nil {
@@ -233,7 +267,11 @@ func run(ctx context.Context, o *options, log logr.Logger) error {
 	}
 
 	// KUBECONFIG env as upstream; in-cluster config otherwise.
-	restCfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(clientcmd.NewDefaultClientConfigLoadingRules(), nil).ClientConfig()
+	rules := &clientcmd.ClientConfigLoadingRules{Precedence: []string{clientcmd.RecommendedHomeFile}}
+	if p := getenv(clientcmd.RecommendedConfigPathEnvVar); p != "" {
+		rules.Precedence, rules.WarnIfAllMissing = filepath.SplitList(p), true
+	}
+	restCfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
 	if err != nil {
 		return fmt.Errorf("building the Kubernetes client config (in-cluster, or $KUBECONFIG): %w", err)
 	}
@@ -250,7 +288,6 @@ func run(ctx context.Context, o *options, log logr.Logger) error {
 	go func() { <-ctx.Done(); rdy.stopping.Store(true) }()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := nmi.NewMetrics(reg)
 	go serve(auxCtx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.probePort)), rdy.handler())
 	go serve(auxCtx, log, net.JoinHostPort(o.auxListenAddress, strconv.Itoa(o.prometheusPort)), promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	if o.enableProfile {
@@ -259,64 +296,29 @@ func run(ctx context.Context, o *options, log logr.Logger) error {
 		go serve(ctx, log, "localhost:6060", mux)
 	}
 
-	store := nmi.NewStore()
-	if err := nmi.Watch(ctx, restCfg, cfg, store, log.WithName("watch")); err != nil {
-		return err
-	}
-	rdy.synced.Store(true)
-	secrets := nmi.NewSecretWatcher(ctx, kc)
-	go secrets.RetainReferenced(ctx, store)
-	cfg.Events = nmi.NewEventRecorder(ctx, kc, cfg.NodeName)
-	cfg.KubeClient = kc // TokenRequests for federated identities
-	srv := nmi.NewServer(cfg, store, secrets, metrics, log.WithName("server"))
-	go srv.Run(ctx)
-
-	ln, err := net.Listen("tcp", net.JoinHostPort(o.listenAddress, strconv.Itoa(o.port)))
-	if err != nil {
-		return fmt.Errorf("listening on %s:%d (--nmi-listen-address, --nmi-port): %w", o.listenAddress, o.port, err)
-	}
-	hs := tokenServer(srv, cfg)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-
-	if !o.redirect {
-		// Benchmarks and tests: no iptables, sysctl or conntrack change on the machine running
-		// NMI; "ready" then means the watches synced.
-		log.Info("--redirect=false: not installing the iptables redirect; only clients calling NMI's address directly are served")
-		rdy.redirected.Store(true)
-		select {
-		case err := <-serveErr:
-			return fmt.Errorf("serving: %w", err)
-		case <-ctx.Done():
+	cfg.RestConfig, cfg.KubeClient = restCfg, kc // KubeClient: TokenRequests for federated identities
+	cfg.ListenAddress = net.JoinHostPort(o.listenAddress, strconv.Itoa(o.port))
+	cfg.ShutdownGrace, cfg.Metrics, cfg.Log = o.shutdownGrace, nmi.NewMetrics(reg), log
+	cfg.Redirect = func(ctx context.Context) error {
+		// nmi.Run calls this once the watches synced and the token server serves.
+		rdy.synced.Store(true)
+		if !o.redirect {
+			// Benchmarks and tests: no iptables, sysctl or conntrack change on the machine
+			// running NMI; "ready" then means the watches synced.
+			log.Info("--redirect=false: not installing the iptables redirect; only clients calling NMI's address directly are served")
+			rdy.redirected.Store(true)
+			<-ctx.Done()
+			return nil
 		}
-		return stopServing(hs, o.shutdownGrace)
-	}
-	keeper, err := newKeeper(ctx, o, kc, log.WithName("iptables"))
-	if err != nil {
-		return err
-	}
-	iptErr := make(chan error, 1)
-	go func() { iptErr <- keeper.Run(ctx, func() { rdy.redirected.Store(true) }) }()
-
-	select {
-	case err := <-serveErr:
-		return fmt.Errorf("serving: %w", err)
-	case err := <-iptErr:
+		keeper, err := newKeeper(ctx, o, kc, getenv, log.WithName("iptables"))
 		if err != nil {
 			return err
 		}
+		// Returns once ctx ended and the keeper decided (kept the rules, or removed them on
+		// uninstall).
+		return keeper.Run(ctx, func() { rdy.redirected.Store(true) })
 	}
-	// ctx ended and the keeper has decided (kept the rules, or removed them on uninstall).
-	return stopServing(hs, o.shutdownGrace)
-}
-
-// tokenServer bounds what a slow or hostile pod can hold: headers must arrive within 5 s and stay
-// small, a request body within 10 s, and idle keep-alive connections are closed. Writes may follow
-// a wait for an assignment, so the write timeout covers the whole retry budget.
-func tokenServer(h http.Handler, cfg nmi.Config) *http.Server {
-	return &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: cfg.FindIdentityRetryInterval*time.Duration(cfg.RetryAttemptsForCreated+cfg.RetryAttemptsForAssigned) + 30*time.Second,
-		IdleTimeout:  2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	return nmi.Run(ctx, cfg)
 }
 
 func serve(ctx context.Context, log logr.Logger, addr string, h http.Handler) {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-logr/logr/testr"
 	"github.com/spf13/pflag"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -28,7 +29,7 @@ import (
 func TestUpstreamFlags(t *testing.T) {
 	var o options
 	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
-	o.AddFlags(fs)
+	o.AddFlags(fs, noEnv)
 	args := []string{"--version=false", "--nmi-listen-address=0.0.0.0", "--nmi-port=2579", "--metadata-ip=169.254.169.254",
 		"--metadata-port=80", "--node=n1", "--ipt-update-interval-sec=60", "--forceNamespaced=true", "--MICNamespace=kube-system",
 		"--http-probe-port=8085", "--retry-attempts-for-created=16", "--retry-attempts-for-assigned=4",
@@ -42,7 +43,7 @@ func TestUpstreamFlags(t *testing.T) {
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}
-	c := o.config()
+	c := o.config(noEnv)
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -52,19 +53,17 @@ func TestUpstreamFlags(t *testing.T) {
 }
 
 func TestManagedNeedsNamespaced(t *testing.T) {
-	t.Setenv("FORCENAMESPACED", "")
 	var o options
 	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
-	o.AddFlags(fs)
+	o.AddFlags(fs, noEnv)
 	if err := fs.Parse([]string{"--node=n", "--operation-mode=managed"}); err != nil {
 		t.Fatal(err)
 	}
-	c := o.config()
+	c := o.config(noEnv)
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--forceNamespaced") {
 		t.Fatalf("want an error naming --forceNamespaced, got %v", err)
 	}
-	t.Setenv("FORCENAMESPACED", "true")
-	c = o.config()
+	c = o.config(envOf(map[string]string{"FORCENAMESPACED": "true"}))
 	if err := c.Validate(); err != nil {
 		t.Fatalf("FORCENAMESPACED=true should satisfy managed mode: %v", err)
 	}
@@ -75,7 +74,7 @@ func TestManagedNeedsNamespaced(t *testing.T) {
 func TestRedirectAndAuxListenFlags(t *testing.T) {
 	var o options
 	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
-	o.AddFlags(fs)
+	o.AddFlags(fs, noEnv)
 	if err := fs.Parse([]string{"--node=n"}); err != nil {
 		t.Fatal(err)
 	}
@@ -136,22 +135,16 @@ func TestReadyzDuringShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = env.Stop() })
-	t.Setenv("KUBECONFIG", writeKubeconfig(t, env.Config))
-	t.Setenv("POD_NAME", "")
+	getenv := envOf(map[string]string{"KUBECONFIG": writeKubeconfig(t, env.Config), "NODE_NAME": "n1"})
 	dir := t.TempDir()
 	probe, metrics, port := freePort(t), freePort(t), freePort(t)
-	var o options
-	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
-	o.AddFlags(fs)
-	if err := fs.Parse([]string{"--node=n1", "--redirect=false", "--aux-listen-address=127.0.0.1",
+	args := []string{"--redirect=false", "--aux-listen-address=127.0.0.1",
 		"--http-probe-port=" + strconv.Itoa(probe), "--prometheus-port=" + strconv.Itoa(metrics), "--nmi-port=" + strconv.Itoa(port),
-		"--kubelet-config=" + filepath.Join(dir, "kubelet"), "--cni-conf-dir=" + dir, "--shutdown-grace=3s"}); err != nil {
-		t.Fatal(err)
-	}
+		"--kubelet-config=" + filepath.Join(dir, "kubelet"), "--cni-conf-dir=" + dir, "--shutdown-grace=3s"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, &o, testr.New(t)) }()
+	go func() { done <- run(ctx, args, getenv, io.Discard) }()
 	readyz := func() (int, error) {
 		resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(probe) + "/readyz")
 		if err != nil {
@@ -272,7 +265,7 @@ func writeKubeconfig(t *testing.T, cfg *rest.Config) string {
 func TestFederationFlags(t *testing.T) {
 	var o options
 	fs := pflag.NewFlagSet("nmi", pflag.ContinueOnError)
-	o.AddFlags(fs)
+	o.AddFlags(fs, noEnv)
 	if o.federationPropagationWindow != 5*time.Minute || o.honorWorkloadIdentityAnnotations {
 		t.Errorf("defaults: window %s, honor %v; want 5m, false", o.federationPropagationWindow, o.honorWorkloadIdentityAnnotations)
 	}
@@ -283,7 +276,7 @@ func TestFederationFlags(t *testing.T) {
 	if err := o.validate(); err != nil {
 		t.Fatal(err)
 	}
-	c := o.config()
+	c := o.config(noEnv)
 	if c.FederationPropagationWindow != 90*time.Second || !c.HonorWorkloadIdentityAnnotations || c.FederationDefaultTenantID != "t1" {
 		t.Errorf("config not taken from flags: %+v", c)
 	}
@@ -296,5 +289,38 @@ func TestFederationFlags(t *testing.T) {
 	}
 	if err := o.validate(); err == nil || !strings.Contains(err.Error(), "--federation-propagation-window") {
 		t.Errorf("negative window: %v", err)
+	}
+}
+
+// noEnv is an empty environment.
+func noEnv(string) string { return "" }
+
+// envOf is getenv over m.
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+// run takes its environment from getenv only: --node defaults to NODE_NAME from it, and without
+// one the error names --node. --version and --help write to stdout; a bad flag is exit code 2.
+func TestRunCommandLine(t *testing.T) {
+	var out strings.Builder
+	if err := run(context.Background(), []string{"--version"}, noEnv, &out); err != nil || !strings.Contains(out.String(), "nmi") {
+		t.Errorf("--version: %v, printed %q", err, out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"--help"}, noEnv, &out); err != nil || !strings.Contains(out.String(), "--nmi-port") {
+		t.Errorf("--help: %v, printed %q", err, out.String())
+	}
+	err := run(context.Background(), []string{"--no-such-flag"}, noEnv, io.Discard)
+	var ce cmdError
+	if !errors.As(err, &ce) || ce.code != 2 || !strings.Contains(err.Error(), "--no-such-flag") || !strings.Contains(err.Error(), "--help") {
+		t.Errorf("unknown flag: %v (%+v), want exit code 2 naming the flag and --help", err, ce)
+	}
+	err = run(context.Background(), []string{"--allow-network-plugin-kubenet"}, noEnv, io.Discard)
+	if !errors.As(err, &ce) || ce.code != 1 || !strings.Contains(err.Error(), "--node is required") {
+		t.Errorf("no node: %v, want exit code 1 naming --node", err)
+	}
+	var o options
+	o.AddFlags(pflag.NewFlagSet("nmi", pflag.ContinueOnError), envOf(map[string]string{"NODE_NAME": "n7", "SERVICE_ACCOUNT_NAME": "sa"}))
+	if o.node != "n7" || o.serviceAccountName != "sa" {
+		t.Errorf("defaults from getenv: node %q, service account %q", o.node, o.serviceAccountName)
 	}
 }

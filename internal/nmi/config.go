@@ -1,6 +1,7 @@
 package nmi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -8,8 +9,10 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // Operation modes (--operation-mode).
@@ -18,7 +21,8 @@ const (
 	ModeManaged  = "managed"
 )
 
-// Config is everything the NMI server needs; cmd/nmi fills it from flags.
+// Config is everything NMI needs (the server's settings, then what Run wires); cmd/nmi fills it
+// from flags.
 type Config struct {
 	// NodeName is this node: only its pods and assignments are watched.
 	NodeName string
@@ -99,6 +103,25 @@ type Config struct {
 	HonorWorkloadIdentityAnnotations bool
 	// Broker is NMI's own pod and ServiceAccount, whose tokens broker identities present.
 	Broker Broker
+
+	// The rest is what Run wires besides the server's settings.
+
+	// RestConfig reaches the API server for the watches (and builds KubeClient when that is nil).
+	RestConfig *rest.Config
+	// ListenAddress is the token server's host:port (port 0: any free one; Agent.Addr tells).
+	ListenAddress string
+	// ShutdownGrace is how long Run keeps serving once ctx ended (and Redirect returned) before it
+	// stops accepting and waits for in-flight requests.
+	ShutdownGrace time.Duration
+	// Metrics receives NMI's metrics (nil: a set registered nowhere).
+	Metrics *Metrics
+	// Log is NMI's logger (zero value: discard).
+	Log logr.Logger
+	// Redirect, when set, runs once the watches synced and the token server serves (cmd/nmi: the
+	// iptables keeper and the readiness it reports) and returns after ctx ended. Run stops serving
+	// only after it returned, so pods are answered while it decides about the rules; its error
+	// ends Run.
+	Redirect func(ctx context.Context) error
 }
 
 // DefaultFederationPropagationWindow is --federation-propagation-window's default: real Azure AD

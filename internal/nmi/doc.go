@@ -30,6 +30,9 @@
 //     else 403 with the az command that fixes it; refusals.go logs refusals (sampled) and
 //     reports those an identity's owner must fix as Warning events on the bindings.
 //
+// Start: run.go New and Agent.Run wire everything below (store, watches, Secret watcher, event
+// recorder, Server, token listener with its timeouts, graceful stop) for cmd/nmi and the tests.
+//
 // State: watch.go feeds store.go (pods of this node, assignments, identities, bindings,
 // exceptions); config.go holds the settings (defaults, Validate); metrics.go the Prometheus
 // metrics. The single-flight of cache fills and ServiceAccount token mints is flight.go.

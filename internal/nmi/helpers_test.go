@@ -49,6 +49,7 @@ type harness struct {
 	node  string
 	vm    string
 	emu   *emulator.Emulator
+	agent *Agent
 	srv   *Server
 	store *Store
 	// secrets watches the Secrets of service-principal identities.
@@ -118,10 +119,6 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	if o.withEmu != nil {
 		o.withEmu(&cfg, emu)
 	}
-	cfg.SetDefaults()
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("config: %v", err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	h.ctx = ctx
@@ -132,24 +129,26 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	} else {
 		ctrllog.SetLogger(log) // benchmarks: discard, and no "SetLogger was never called" dump
 	}
-	h.store = NewStore()
-	if err := Watch(ctx, env.Config, cfg, h.store, log); err != nil {
-		t.Fatalf("watch: %v", err)
-	}
-	kc := kubernetes.NewForConfigOrDie(env.Config)
-	sw := NewSecretWatcher(ctx, kc)
-	go sw.RetainReferenced(ctx, h.store)
-	h.secrets = sw
-	h.srv = NewServer(cfg, h.store, sw, NewMetrics(nil), log)
-	go h.srv.Run(ctx)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	cfg.RestConfig, cfg.ListenAddress, cfg.Log = env.Config, "127.0.0.1:0", log
+	a, err := New(cfg)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("nmi.New: %v", err)
 	}
-	hs := &http.Server{Handler: h.srv, ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
-	go func() { _ = hs.Serve(ln) }()
-	t.Cleanup(func() { _ = hs.Close() })
-	h.addr = ln.Addr().String()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	select {
+	case <-a.Ready():
+	case err := <-done:
+		t.Fatalf("nmi.Run: %v", err)
+	}
+	// Stop this NMI before the emulator (cleanups run last-registered first).
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("nmi.Run: %v", err)
+		}
+	})
+	h.agent, h.store, h.secrets, h.srv, h.addr = a, a.Store(), a.Secrets(), a.Server(), a.Addr().String()
 	env.CreateNode(t, h.node, testenv.VMProviderID(emu.Config().SubscriptionID, emu.Config().ResourceGroup, h.vm))
 	return h
 }
