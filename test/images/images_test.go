@@ -3,6 +3,7 @@ package images
 import (
 	"archive/tar"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -77,7 +78,7 @@ func TestChartSecurityContext(t *testing.T) {
 		for _, w := range renderWorkloads(t, vals) {
 			t.Run(set+"/"+w.image, func(t *testing.T) {
 				sec := securityArgs(t, w)
-				name := "pi-img-sec-" + set + "-" + w.image
+				name := fmt.Sprintf("pi-img-sec-%s-%s-%d", set, w.image, os.Getpid())
 				_, _, _ = podman(t, "rm", "-f", name)
 				args := append([]string{"run", "--name", name}, runLimits()...)
 				args = append(append(args, sec...), built.tag(w.image), "--version")

@@ -107,7 +107,7 @@ func TestMICAssigns(t *testing.T) {
 	}
 	defer r.Close()
 
-	name := "pi-img-mic"
+	name := ns // one container per namespace
 	_, _, _ = podman(t, "rm", "-f", name)
 	opts := append([]string{"run", "-d", "--name", name, "--network", "ns:" + filepath.Join(netns.Dir, ns)}, runLimits()...)
 	opts = append(opts, securityArgs(t, *mic)...)

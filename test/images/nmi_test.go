@@ -89,7 +89,7 @@ func TestNMIRedirect(t *testing.T) {
 
 			opts := append(nmiRunOptions(t, *nmi, ns, kubeconfig), "--env", "PODIDENTITY_IPTABLES_MODE="+tc.mode)
 			args := expandEnv(nmi.container.Args, map[string]string{"NODE_NAME": "node-1"})
-			name := "pi-img-nmi-" + tc.name
+			name := ns + "-nmi"
 			_, _, _ = podman(t, "rm", "-f", name)
 			runArgs := append(append([]string{"run", "-d", "--name", name}, runLimits()...), opts...)
 			mustPodman(t, append(append(runArgs, built.tag("nmi")), args...)...)
