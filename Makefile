@@ -68,7 +68,7 @@ images: ## Build the images and OCI archives in _output/images (Docker Buildx wh
 .PHONY: images-test
 images-test: control-plane ## Build the images with buildah and prove under podman that they start with the chart's flags and securityContext, and that NMI's iptables work (test/images).
 	@mkdir -p $(BIN)
-	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) PODIDENTITY_IMAGES_TEST=require $(IMAGES_ENV) \
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) PODIDENTITY_IMAGES_TEST=require IMAGES_PRUNE=1 $(IMAGES_ENV) \
 	  go test $(GO_TEST_FLAGS) -v ./test/images/ 2>&1 | grep -vE '^\s+logger.go' | tee $(BIN)/images-test.txt | grep -E '^(=== RUN|---|ok|FAIL|PASS|panic)|_test.go'
 
 .PHONY: docs-flags
@@ -97,6 +97,10 @@ e2e: control-plane ## Run only the end-to-end suite (test/e2e) in a sandbox.
 bench-mic: control-plane ## MIC benchmarks: pure desired state (20k pods) and end to end on envtest + emulator (MIC_FULL=1 for 2,000 pods / 30 nodes).
 	go test ./internal/mic/desired -run '^$$' -bench . -benchtime 20x
 	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) go test ./internal/mic -run '^$$' -bench EndToEnd -benchtime 1x -timeout 30m $(if $(MIC_FULL),-mic.full)
+
+.PHONY: bench-firsttoken
+bench-firsttoken: control-plane ## First token of new pods, standard vs federated mode, in a sandbox with Azure's timing (root; ~2 min; LATENCY_PODS, LATENCY_TIMING).
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) go test ./test/latency -run '^$$' -bench FirstToken -benchtime 1x -timeout 15m -v
 
 NMI_BENCH_SUSTAINED ?= 60s
 

@@ -263,6 +263,22 @@ build_buildah() {
     done
   } | tee "$OUT/images.txt"
   build_env
+  [ "${IMAGES_PRUNE:-}" != 1 ] || prune "${bases[@]}"
+}
+
+# IMAGES_PRUNE=1: remove the images this script built before (other versions, old bases), so
+# that repeated test runs across commits do not fill podman's storage.
+prune() {
+  local keep=" $* " ref n
+  for n in "${NAMES[@]}"; do keep+="$IMAGE_REPO/$n:$VERSION "; done
+  podman images --noheading --format '{{.Repository}}:{{.Tag}}' \
+    --filter label=io.podidentity.build-key | sort -u | while read -r ref; do
+    case "$keep" in *" $ref "*) ;; *) if podman rmi "$ref" >/dev/null 2>&1; then log "pruned $ref"; fi ;; esac
+  done
+  podman images --noheading --format '{{.Repository}}:{{.Tag}}' \
+    --filter label=io.podidentity.base.packages | sort -u | while read -r ref; do
+    case "$keep" in *" $ref "*) ;; *) if podman rmi "$ref" >/dev/null 2>&1; then log "pruned $ref"; fi ;; esac
+  done
 }
 
 # What was stamped, for test/images and for scripts that push or load the images.
