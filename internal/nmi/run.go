@@ -16,7 +16,6 @@ import (
 // so both run the same wiring and the same server timeouts.
 type Agent struct {
 	cfg   Config
-	kc    kubernetes.Interface
 	store *Store
 	ready chan struct{}
 
@@ -51,7 +50,7 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.KubeClient = kc
 	}
-	return &Agent{cfg: cfg, kc: cfg.KubeClient, store: NewStore(), ready: make(chan struct{})}, nil
+	return &Agent{cfg: cfg, store: NewStore(), ready: make(chan struct{})}, nil
 }
 
 // Run wires NMI and serves until ctx ends: it waits for the watches to sync, starts the Secret
@@ -63,10 +62,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := Watch(ctx, cfg.RestConfig, cfg, a.store, log.WithName("watch")); err != nil {
 		return err
 	}
-	secrets := NewSecretWatcher(ctx, a.kc)
+	secrets := NewSecretWatcher(ctx, cfg.KubeClient)
 	go secrets.RetainReferenced(ctx, a.store)
 	if cfg.Events == nil {
-		cfg.Events = NewEventRecorder(ctx, a.kc, cfg.NodeName)
+		cfg.Events = NewEventRecorder(ctx, cfg.KubeClient, cfg.NodeName)
 	}
 	srv := NewServer(cfg, a.store, secrets, cfg.Metrics, log.WithName("server"))
 	go srv.Run(ctx)
