@@ -48,6 +48,8 @@ LDFLAGS="-s -w -X $VPKG.Version=$VERSION -X $VPKG.Commit=$COMMIT -X $VPKG.Date=$
 # Both bases get this PATH; NMI's entrypoint puts the chosen iptables backend in front of it.
 IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 NONROOT=65532
+# The local path builds for this machine's architecture: the Debian packages are the host's.
+ARCH=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 
 # Temporary trees, removed however the script ends.
 TMPS=()
@@ -57,7 +59,7 @@ log() { echo "images: $*" >&2; }
 die() { echo "images: $*" >&2; exit 1; }
 sha() { sha256sum | cut -c1-64; }
 
-# What each image is: entrypoint and user, exactly as in build/<name>.Dockerfile
+# Each image's entrypoint (the user is $NONROOT for all), as in build/<name>.Dockerfile
 # (test/images checks both against the Dockerfiles and the built images).
 entrypoint() { if [ "$1" = nmi ]; then echo /nmi-entrypoint.sh; else echo "/$1"; fi; }
 base_of() { if [ "$1" = nmi ]; then echo nmi; else echo static; fi; }
@@ -88,7 +90,7 @@ build_docker() {
 
 # ---- buildah: same layout, without a registry.
 
-# Static linux/amd64 binaries, relinked only when a Go file, go.mod/go.sum or the stamp changed.
+# Static linux/$ARCH binaries, relinked only when a Go file, go.mod/go.sum or the stamp changed.
 build_binaries() {
   local bin=$OUT/bin key
   mkdir -p "$bin"
@@ -101,11 +103,11 @@ build_binaries() {
   local fresh=1
   for n in "${NAMES[@]}"; do [ -x "$bin/$n" ] || fresh=0; done
   if [ "$fresh" = 1 ] && [ "$(cat "$bin/.key" 2>/dev/null)" = "$key" ]; then log "binaries up to date"; return; fi
-  log "go build (static, linux/amd64): ${NAMES[*]}"
+  log "go build (static, linux/$ARCH): ${NAMES[*]}"
   local pkgs=()
   for n in "${NAMES[@]}"; do pkgs+=("./cmd/$n"); done
   rm -f "$bin/.key"
-  (cd "$SRC" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go build -trimpath -ldflags "$LDFLAGS" -o "$bin/" "${pkgs[@]}")
+  (cd "$SRC" && CGO_ENABLED=0 GOOS=linux GOARCH=$ARCH go build -trimpath -ldflags "$LDFLAGS" -o "$bin/" "${pkgs[@]}")
   echo "$key" >"$bin/.key"
 }
 
@@ -170,7 +172,7 @@ nmi_root() {
   unpack "$root" "${debs[@]}"
   # Drop what nothing here runs. No ld.so.cache is needed: Debian's loader searches the
   # multiarch library directories by default (the chroot checks below prove it).
-  rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,bug,bash-completion} "$root/usr/lib/x86_64-linux-gnu/gconv" \
+  rm -rf "$root"/usr/share/{doc,man,info,locale,lintian,bug,bash-completion} "$root"/usr/lib/*-linux-gnu*/gconv \
     "$root/var" "$root/etc/ld.so.conf.d" "$root/usr/libexec"
   find "$root/usr/bin" "$root/usr/sbin" -type f ! -name dash ! -name grep ! -name 'xtables-*-multi' -delete
   find "$root/usr/bin" "$root/usr/sbin" -xtype l -delete
@@ -209,7 +211,7 @@ build_base() {
   layer_tar "$root" 0 "$root.tar"
   ctr=$(buildah from --pull=never scratch)
   buildah add --quiet "$ctr" "$root.tar" / >/dev/null
-  buildah config --os linux --arch amd64 --env "PATH=$IMAGE_PATH" --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
+  buildah config --os linux --arch "$ARCH" --env "PATH=$IMAGE_PATH" --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt \
     --label "io.podidentity.base.packages=$(sha <"$PACKAGES")" "$ctr"
   buildah commit --quiet --rm --timestamp 0 --format oci "$ctr" "$tag" >/dev/null
   rm -rf "$root" "$root.tar"
