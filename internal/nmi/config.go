@@ -124,10 +124,6 @@ type Config struct {
 	Redirect func(ctx context.Context) error
 }
 
-// DefaultFederationPropagationWindow is --federation-propagation-window's default: real Azure AD
-// takes seconds to a few minutes to see a new federated credential.
-const DefaultFederationPropagationWindow = 5 * time.Minute
-
 // BrokerFromEnv reads NMI's own pod from the downward API's env vars (POD_NAME, POD_NAMESPACE,
 // POD_UID) and its ServiceAccount from --service-account-name.
 func BrokerFromEnv(getenv func(string) string, serviceAccount string) Broker {
