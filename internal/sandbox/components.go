@@ -115,6 +115,10 @@ func (c *Component) Restarts() int {
 // starts a new one.
 func (c *Component) Kill() { c.Process().Signal(syscall.SIGKILL) }
 
+// Terminate sends SIGTERM (a graceful stop, as a rolling update does); unlike Stop, the
+// supervisor starts a new process after it exits.
+func (c *Component) Terminate() { c.Process().Signal(syscall.SIGTERM) }
+
 // Stop stops the process with SIGTERM (NMI keeps its iptables rules, as on a rolling update:
 // its DaemonSet is not being deleted) and ends supervision.
 func (c *Component) Stop() {

@@ -1,0 +1,87 @@
+package chaos
+
+import (
+	"strings"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// The checker's own reading of the binding rules (docs/concepts.md), written independently of
+// MIC's and NMI's code so that a bug there is not copied into the oracle:
+//   - a binding names an AzureIdentity in its own namespace;
+//   - it matches a pod whose label aadpodidbinding equals its selector (when set) and, when it
+//     names a ServiceAccount, a pod in the binding's namespace running as that ServiceAccount;
+//   - with namespaced matching (the identity's Behavior annotation, or --forceNamespaced) the
+//     pod must also be in the binding's namespace.
+
+// PodLabel is the pod label bindings select on.
+const PodLabel = "aadpodidbinding"
+
+// Pod is what the checker knows of a pod.
+type Pod struct {
+	Key            types.NamespacedName
+	Selector       string // value of PodLabel ("" when absent)
+	ServiceAccount string // "default" when the pod names none
+	Node           string
+	Running        bool
+}
+
+// Binding is what the checker knows of an AzureIdentityBinding.
+type Binding struct {
+	Key                      types.NamespacedName
+	Identity                 string
+	Selector, ServiceAccount string
+}
+
+// Identity is what the checker knows of an AzureIdentity.
+type Identity struct {
+	Key        types.NamespacedName
+	ClientID   string
+	ResourceID string
+	Namespaced bool
+	// Federated identities need no VM assignment: MIC must leave them off every VM.
+	Federated bool
+}
+
+// World is the checker's current view of the cluster's pods, bindings and identities.
+type World struct {
+	ForceNamespaced bool
+	Pods            map[types.NamespacedName]Pod
+	Bindings        map[types.NamespacedName]Binding
+	Identities      map[types.NamespacedName]Identity
+}
+
+// NewWorld returns an empty world.
+func NewWorld(forceNamespaced bool) *World {
+	return &World{ForceNamespaced: forceNamespaced, Pods: map[types.NamespacedName]Pod{},
+		Bindings: map[types.NamespacedName]Binding{}, Identities: map[types.NamespacedName]Identity{}}
+}
+
+func (w *World) matches(b Binding, id Identity, p Pod) bool {
+	if b.Selector == "" && b.ServiceAccount == "" {
+		return false
+	}
+	if b.Selector != "" && p.Selector != b.Selector {
+		return false
+	}
+	if b.ServiceAccount != "" && (p.Key.Namespace != b.Key.Namespace || p.ServiceAccount != b.ServiceAccount) {
+		return false
+	}
+	if (w.ForceNamespaced || id.Namespaced) && p.Key.Namespace != b.Key.Namespace {
+		return false
+	}
+	return true
+}
+
+// Bound returns the identities the pod is bound to, keyed by lower-case client ID.
+func (w *World) Bound(p Pod) map[string]Identity {
+	out := map[string]Identity{}
+	for _, b := range w.Bindings {
+		id, ok := w.Identities[types.NamespacedName{Namespace: b.Key.Namespace, Name: b.Identity}]
+		if !ok || id.ClientID == "" || !w.matches(b, id, p) {
+			continue
+		}
+		out[strings.ToLower(id.ClientID)] = id
+	}
+	return out
+}
