@@ -102,6 +102,17 @@ bench-mic: control-plane ## MIC benchmarks: pure desired state (20k pods) and en
 bench-firsttoken: control-plane ## First token of new pods, standard vs federated mode, in a sandbox with Azure's timing (root; ~2 min; LATENCY_PODS, LATENCY_TIMING).
 	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) go test ./test/latency -run '^$$' -bench FirstToken -benchtime 1x -timeout 15m -v
 
+CHAOS_DURATION  ?= 2m
+CHAOS_SEED      ?= 0
+CHAOS_INTENSITY ?= 4
+
+.PHONY: chaos
+chaos: control-plane ## Chaos run in a sandbox (root): churn + seeded faults, invariants checked, report in _output/chaos (CHAOS_DURATION, CHAOS_SEED (0: random), CHAOS_INTENSITY faults/min).
+	@mkdir -p $(BIN)
+	go build -o $(BIN)/chaos ./cmd/chaos
+	KUBEBUILDER_ASSETS=$$(hack/control-plane.sh) $(BIN)/chaos --repo $(CURDIR) --out $(CURDIR)/_output/chaos \
+	  --duration $(CHAOS_DURATION) --seed $(CHAOS_SEED) --intensity $(CHAOS_INTENSITY) $(CHAOS_FLAGS)
+
 NMI_BENCH_SUSTAINED ?= 60s
 
 .PHONY: bench-nmi

@@ -165,6 +165,15 @@ func TestFinalChecks(t *testing.T) {
 	if v := CheckFreshTokens(w, since, nil, now, 30*time.Second); len(v) != 1 || v[0].Rule != RuleNoToken {
 		t.Errorf("pod without token not flagged: %v", v)
 	}
+	// A pod naming an identity it is not bound to is not owed a token.
+	w.Pods[pa] = Pod{Key: pa, Selector: "s1", Node: "n1", Running: true, Requested: "cid-2"}
+	if v := CheckFreshTokens(w, since, nil, now, 30*time.Second); len(v) != 0 {
+		t.Errorf("pod asking for an identity it is not bound to flagged: %v", v)
+	}
+	w.Pods[pa] = Pod{Key: pa, Selector: "s1", Node: "n1", Running: true, Requested: "CID-1"}
+	if v := CheckFreshTokens(w, since, nil, now, 30*time.Second); len(v) != 1 {
+		t.Errorf("pod naming its bound identity without a token not flagged: %v", v)
+	}
 }
 
 func TestReportJSONRoundTrip(t *testing.T) {

@@ -100,7 +100,7 @@ func StuckAssignments(aais []AssignedIdentity, podExists func(types.NamespacedNa
 	return out
 }
 
-// CheckFreshTokens returns a violation for every running bound pod, running for longer than
+// CheckFreshTokens returns a violation for every running pod that should get tokens (WantsToken), running for longer than
 // bound, whose last token (lastToken; zero when none) is older than bound at now.
 func CheckFreshTokens(w *World, runningSince, lastToken map[types.NamespacedName]time.Time, now time.Time, bound time.Duration) []Violation {
 	var out []Violation
@@ -112,7 +112,7 @@ func CheckFreshTokens(w *World, runningSince, lastToken map[types.NamespacedName
 	for _, k := range keys {
 		p := w.Pods[k]
 		since, ok := runningSince[k]
-		if !p.Running || !ok || now.Sub(since) < bound || len(w.Bound(p)) == 0 {
+		if !p.Running || !ok || now.Sub(since) < bound || !w.WantsToken(p) {
 			continue
 		}
 		if last := lastToken[k]; last.IsZero() || now.Sub(last) > bound {

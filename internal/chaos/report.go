@@ -33,11 +33,12 @@ type Report struct {
 	Stuck      []Violation `json:"stuck"`
 	NoToken    []Violation `json:"noToken"`
 
-	// Recovery is the time after each fault until every AzureAssignedIdentity was Assigned
-	// again (faults followed by the next one before that are not counted).
+	// Recovery is the time after each fault until the component hit was back and MIC had
+	// converged (every AzureAssignedIdentity Assigned, one for each running pod's bound
+	// identity); faults followed by the next one before that are not counted.
 	Recovery        Percentiles `json:"recovery"`
-	SettledAfter    Duration    `json:"settledAfter"` // after the last fault, until all Assigned
-	ARMPerMinQuiet  float64     `json:"armCallsPerMinuteQuiet"`
+	SettledAfter    Duration    `json:"settledAfter"`           // after the last fault, until all Assigned
+	ARMPerMinQuiet  float64     `json:"armCallsPerMinuteQuiet"` // after settling: no churn, no faults
 	ARMPerMinChaos  float64     `json:"armCallsPerMinuteChaos"`
 	MICRestarts     int         `json:"micRestarts"`
 	NMIRestarts     int         `json:"nmiRestarts"`
@@ -130,9 +131,9 @@ func (r *Report) WriteText(w io.Writer) {
 	p("violations (must be 0): %d", len(r.Violations))
 	p("leaked identities: %d, missing assignments: %d, stuck AzureAssignedIdentities: %d, bound pods without a fresh token: %d",
 		len(r.Leaked), len(r.Missing), len(r.Stuck), len(r.NoToken))
-	p("back to all Assigned after a fault: n=%d p50 %s p99 %s max %s; after the last fault: %s", r.Recovery.N,
+	p("back to all Assigned after a fault: n=%d p50 %s p99 %s max %s; after churn stopped: %s", r.Recovery.N,
 		time.Duration(r.Recovery.P50), time.Duration(r.Recovery.P99), time.Duration(r.Recovery.Max), time.Duration(r.SettledAfter))
-	p("ARM calls per minute: quiet %.1f, under chaos %.1f", r.ARMPerMinQuiet, r.ARMPerMinChaos)
+	p("ARM calls per minute: under churn and faults %.1f, quiet (after settling) %.1f", r.ARMPerMinChaos, r.ARMPerMinQuiet)
 	p("restarts: MIC %d, NMI %d; checker max heap in use %.1f MiB", r.MICRestarts, r.NMIRestarts, r.MaxHeapInUseMiB)
 	for _, group := range [][]Violation{r.Violations, r.Leaked, r.Missing, r.Stuck, r.NoToken} {
 		for _, v := range group {

@@ -24,6 +24,8 @@ type Pod struct {
 	ServiceAccount string // "default" when the pod names none
 	Node           string
 	Running        bool
+	// Requested is the client ID the pod's application names (AZURE_CLIENT_ID), "" for none.
+	Requested string
 }
 
 // Binding is what the checker knows of an AzureIdentityBinding.
@@ -84,4 +86,15 @@ func (w *World) Bound(p Pod) map[string]Identity {
 		out[strings.ToLower(id.ClientID)] = id
 	}
 	return out
+}
+
+// WantsToken reports whether the pod should get tokens: it is bound, and bound to the identity
+// it names when it names one.
+func (w *World) WantsToken(p Pod) bool {
+	b := w.Bound(p)
+	if p.Requested != "" {
+		_, ok := b[strings.ToLower(p.Requested)]
+		return ok
+	}
+	return len(b) > 0
 }

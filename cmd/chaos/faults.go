@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/podidentity/podidentity/internal/chaos"
+	"github.com/podidentity/podidentity/internal/emulator"
+	"github.com/podidentity/podidentity/internal/sandbox"
+)
+
+// injector applies the schedule's faults to the sandbox and measures, after each, how long until
+// every AzureAssignedIdentity is Assigned again.
+type injector struct {
+	sb *sandbox.Sandbox
+	w  *watcher
+
+	mu       sync.Mutex
+	recovery []time.Duration
+	notes    []string
+	wg       sync.WaitGroup
+}
+
+// run injects the faults at their offsets from start; it returns when the last has been applied
+// (emulator windows may still be open: wait on inj.wg).
+func (inj *injector) run(ctx context.Context, start time.Time, faults []chaos.Fault) {
+	for i, f := range faults {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(start.Add(f.At))):
+		}
+		klog.InfoS("fault", "fault", f.String())
+		end, back := inj.apply(ctx, f)
+		next := time.Time{}
+		if i+1 < len(faults) {
+			next = start.Add(faults[i+1].At)
+		}
+		inj.wg.Add(1)
+		go func() {
+			defer inj.wg.Done()
+			inj.measure(ctx, end, next, back)
+		}()
+	}
+}
+
+// apply injects f and returns when it ends (emulator windows close in the background) and a
+// check that the component it hit is back (a MIC leader again; that NMI restarted and ready).
+func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(context.Context) bool) {
+	now := time.Now()
+	back := func(context.Context) bool { return true }
+	switch f.Kind {
+	case chaos.MICKill, chaos.MICStop:
+		c := inj.leader(ctx)
+		if c == nil {
+			inj.note("%s at %s: no MIC leader found; nothing killed", f.Kind, f.At)
+			return now, back
+		}
+		if f.Kind == chaos.MICKill {
+			c.Kill()
+		} else {
+			c.Terminate()
+		}
+		back = func(ctx context.Context) bool { return inj.leader(ctx) != nil }
+	case chaos.NMIKill, chaos.NMIRestart:
+		n := inj.sb.Nodes[f.Target%len(inj.sb.Nodes)]
+		before := n.NMI.Restarts()
+		if f.Kind == chaos.NMIKill {
+			n.NMI.Kill()
+		} else {
+			n.NMI.Terminate()
+		}
+		back = func(ctx context.Context) bool {
+			if n.NMI.Restarts() == before {
+				return false
+			}
+			code, _, err := n.NMI.Get(ctx, sandbox.NMIProbePort, "/readyz")
+			return err == nil && code == http.StatusOK
+		}
+	case chaos.ARMThrottle:
+		inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceARM, Status: http.StatusTooManyRequests, Code: "TooManyRequests",
+			Message: "chaos: throttled", RetryAfter: emulator.D(2 * time.Second)})
+	case chaos.ARM5xx:
+		for _, op := range []string{emulator.OpVMSSUpdate, emulator.OpVMUpdate} {
+			inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceARM, Operation: op, Status: http.StatusInternalServerError,
+				Code: "InternalServerError", Message: "chaos: ARM failed"})
+		}
+	case chaos.AAD5xx:
+		inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken, Status: http.StatusServiceUnavailable,
+			Code: "temporarily_unavailable", Message: "chaos: Azure AD unavailable"})
+	}
+	if !f.Kind.Emulated() {
+		return now, back
+	}
+	end := now.Add(f.For)
+	inj.wg.Add(1)
+	go func() {
+		defer inj.wg.Done()
+		select {
+		case <-ctx.Done():
+		case <-time.After(f.For):
+		}
+		// Windows never overlap (chaos.NewSchedule), so clearing every fault ends just this one.
+		inj.sb.Emulator.ClearFaults()
+	}()
+	return end, back
+}
+
+// leader is the MIC replica whose leader-election metric is 1.
+func (inj *injector) leader(ctx context.Context) *sandbox.Component {
+	for _, c := range inj.sb.MIC {
+		code, body, err := c.Get(ctx, sandbox.MICMetricsPort, "/metrics")
+		if err != nil || code != http.StatusOK {
+			continue
+		}
+		for _, line := range strings.Split(body, "\n") {
+			if strings.HasPrefix(line, "leader_election_master_status") && strings.HasSuffix(strings.TrimSpace(line), " 1") {
+				return c
+			}
+		}
+	}
+	return nil
+}
+
+// measure polls, from end, until the component hit is back and MIC has converged (watcher.
+// converged); it gives up (not counting the fault) when the next fault starts first.
+func (inj *injector) measure(ctx context.Context, end, next time.Time, back func(context.Context) bool) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(time.Until(end)):
+	}
+	for {
+		if !next.IsZero() && time.Now().After(next) {
+			return
+		}
+		if ok, _, err := inj.w.converged(ctx); err == nil && ok && back(ctx) {
+			inj.mu.Lock()
+			inj.recovery = append(inj.recovery, time.Since(end))
+			inj.mu.Unlock()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
+func (inj *injector) note(format string, args ...any) {
+	inj.mu.Lock()
+	defer inj.mu.Unlock()
+	inj.notes = append(inj.notes, fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,239 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/podidentity/podidentity/internal/chaos"
+)
+
+// The checker reads podidentity's objects as unstructured data through its own clients and
+// informers, not through podidentity's API types or caches.
+var (
+	identityGVR = schema.GroupVersionResource{Group: "aadpodidentity.k8s.io", Version: "v1", Resource: "azureidentities"}
+	bindingGVR  = schema.GroupVersionResource{Group: "aadpodidentity.k8s.io", Version: "v1", Resource: "azureidentitybindings"}
+	aaiGVR      = schema.GroupVersionResource{Group: "aadpodidentity.k8s.io", Version: "v1", Resource: "azureassignedidentities"}
+)
+
+// watcher keeps the checker's world and its binding timeline up to date from watches.
+type watcher struct {
+	mu           sync.Mutex
+	world        *chaos.World
+	runningSince map[types.NamespacedName]time.Time
+	tl           *chaos.Timeline
+	dyn          dynamic.Interface
+}
+
+func newWatcher(dyn dynamic.Interface) *watcher {
+	return &watcher{world: chaos.NewWorld(false), runningSince: map[types.NamespacedName]time.Time{}, tl: chaos.NewTimeline(), dyn: dyn}
+}
+
+// start runs the informers and returns once their caches are synced.
+func (w *watcher) start(ctx context.Context, kc kubernetes.Interface) error {
+	kf := informers.NewSharedInformerFactory(kc, 0)
+	pods := kf.Core().V1().Pods().Informer()
+	if _, err := pods.AddEventHandler(w.handler(w.setPod)); err != nil {
+		return err
+	}
+	df := dynamicinformer.NewDynamicSharedInformerFactory(w.dyn, 0)
+	for gvr, set := range map[schema.GroupVersionResource]func(any, bool){identityGVR: w.setIdentity, bindingGVR: w.setBinding} {
+		if _, err := df.ForResource(gvr).Informer().AddEventHandler(w.handler(set)); err != nil {
+			return err
+		}
+	}
+	kf.Start(ctx.Done())
+	df.Start(ctx.Done())
+	for t, ok := range kf.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("the checker's %v watch did not sync", t)
+		}
+	}
+	for gvr, ok := range df.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("the checker's %s watch did not sync: are the CRDs installed?", gvr.Resource)
+		}
+	}
+	return nil
+}
+
+func (w *watcher) handler(set func(obj any, deleted bool)) cache.ResourceEventHandlerFuncs {
+	apply := func(obj any, deleted bool) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj, deleted = t.Obj, true
+		}
+		w.mu.Lock()
+		set(obj, deleted)
+		w.tl.Observe(time.Now(), w.world)
+		w.mu.Unlock()
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { apply(obj, false) },
+		UpdateFunc: func(_, obj any) { apply(obj, false) },
+		DeleteFunc: func(obj any) { apply(obj, true) },
+	}
+}
+
+func (w *watcher) setPod(obj any, deleted bool) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	k := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
+	if deleted {
+		delete(w.world.Pods, k)
+		delete(w.runningSince, k)
+		return
+	}
+	sa := p.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	running := p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil
+	// A terminating pod stays bound until it is gone: its containers may still ask for tokens.
+	var requested string
+	for _, c := range p.Spec.Containers {
+		for _, e := range c.Env {
+			if e.Name == "AZURE_CLIENT_ID" {
+				requested = e.Value
+			}
+		}
+	}
+	w.world.Pods[k] = chaos.Pod{Key: k, Selector: p.Labels[chaos.PodLabel], ServiceAccount: sa, Node: p.Spec.NodeName, Running: running, Requested: requested}
+	if _, ok := w.runningSince[k]; running && !ok {
+		w.runningSince[k] = time.Now()
+	} else if !running {
+		delete(w.runningSince, k)
+	}
+}
+
+func key(u *unstructured.Unstructured) types.NamespacedName {
+	return types.NamespacedName{Namespace: u.GetNamespace(), Name: u.GetName()}
+}
+
+func str(u *unstructured.Unstructured, path ...string) string {
+	s, _, _ := unstructured.NestedString(u.Object, path...)
+	return s
+}
+
+func (w *watcher) setIdentity(obj any, deleted bool) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	if deleted {
+		delete(w.world.Identities, key(u))
+		return
+	}
+	_, fed, _ := unstructured.NestedFieldNoCopy(u.Object, "spec", "federation")
+	w.world.Identities[key(u)] = chaos.Identity{Key: key(u), ClientID: str(u, "spec", "clientID"), ResourceID: str(u, "spec", "resourceID"),
+		Namespaced: u.GetAnnotations()["aadpodidentity.k8s.io/Behavior"] == "namespaced", Federated: fed}
+}
+
+func (w *watcher) setBinding(obj any, deleted bool) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	if deleted {
+		delete(w.world.Bindings, key(u))
+		return
+	}
+	w.world.Bindings[key(u)] = chaos.Binding{Key: key(u), Identity: str(u, "spec", "azureIdentity"),
+		Selector: str(u, "spec", "selector"), ServiceAccount: str(u, "spec", "serviceAccountName")}
+}
+
+// snapshot copies the world (and when each pod started running) for the final checks.
+func (w *watcher) snapshot() (*chaos.World, map[types.NamespacedName]time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := chaos.NewWorld(w.world.ForceNamespaced)
+	for k, v := range w.world.Pods {
+		c.Pods[k] = v
+	}
+	for k, v := range w.world.Bindings {
+		c.Bindings[k] = v
+	}
+	for k, v := range w.world.Identities {
+		c.Identities[k] = v
+	}
+	since := make(map[types.NamespacedName]time.Time, len(w.runningSince))
+	for k, v := range w.runningSince {
+		since[k] = v
+	}
+	return c, since
+}
+
+// assignments lists the AzureAssignedIdentities, marking those a Warning event explains.
+func (w *watcher) assignments(ctx context.Context, kc kubernetes.Interface) ([]chaos.AssignedIdentity, error) {
+	l, err := w.dyn.Resource(aaiGVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing AzureAssignedIdentities: %w", err)
+	}
+	ev, err := kc.CoreV1().Events("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("listing events: %w", err)
+	}
+	warned := map[types.NamespacedName]bool{}
+	for _, e := range ev.Items {
+		if e.Type == corev1.EventTypeWarning {
+			warned[types.NamespacedName{Namespace: e.InvolvedObject.Namespace, Name: e.InvolvedObject.Name}] = true
+		}
+	}
+	var out []chaos.AssignedIdentity
+	for i := range l.Items {
+		u := &l.Items[i]
+		pod := types.NamespacedName{Namespace: str(u, "spec", "podNamespace"), Name: str(u, "spec", "pod")}
+		out = append(out, chaos.AssignedIdentity{Key: key(u), Pod: pod, Status: str(u, "status", "status"),
+			Finalizers: u.GetFinalizers(), Deleting: u.GetDeletionTimestamp() != nil, Explained: warned[key(u)] || warned[pod]})
+	}
+	return out, nil
+}
+
+// converged reports whether MIC has caught up with the checker's view: every
+// AzureAssignedIdentity is Assigned and every running pod has an Assigned one for each identity
+// it is bound to. When not, why says what is missing.
+func (w *watcher) converged(ctx context.Context) (ok bool, why string, err error) {
+	l, err := w.dyn.Resource(aaiGVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return false, "", fmt.Errorf("listing AzureAssignedIdentities: %w", err)
+	}
+	type pair struct {
+		pod types.NamespacedName
+		cid string
+	}
+	have := map[pair]bool{}
+	for i := range l.Items {
+		u := &l.Items[i]
+		pod := types.NamespacedName{Namespace: str(u, "spec", "podNamespace"), Name: str(u, "spec", "pod")}
+		if s := str(u, "status", "status"); s != "Assigned" && s != "" {
+			return false, fmt.Sprintf("%s for pod %s is %s", key(u), pod, s), nil
+		}
+		have[pair{pod, strings.ToLower(str(u, "spec", "azureIdentityRef", "spec", "clientID"))}] = true
+	}
+	world, _ := w.snapshot()
+	for _, p := range world.Pods {
+		if !p.Running {
+			continue
+		}
+		for cid := range world.Bound(p) {
+			if !have[pair{p.Key, cid}] {
+				return false, fmt.Sprintf("running pod %s has no AzureAssignedIdentity for client ID %s", p.Key, cid), nil
+			}
+		}
+	}
+	return true, "", nil
+}
