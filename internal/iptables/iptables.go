@@ -252,13 +252,31 @@ func (ProcSysctl) Set(name, value string) error {
 // drops packets from pod interfaces to 127.0.0.0/8 as martians.
 const routeLocalnet = "net/ipv4/conf/all/route_localnet"
 
+// RouteLocalnetFix is what to do when NMI cannot turn on route_localnet itself (the container
+// runtime mounts /proc/sys read-only unless the container is privileged).
+const RouteLocalnetFix = "set the chart value nmi.prepareNode=true (a privileged init container that installs the guard and sets the sysctl), or set net.ipv4.conf.all.route_localnet=1 on the node"
+
 // EnsureRouteLocalnet turns on route_localnet when the target is loopback; it reports whether it
-// had to change it.
+// had to change it. The caller installs the localnet guard first.
 func EnsureRouteLocalnet(s Sysctl, r Rules) (bool, error) {
-	ip, _, _ := net.SplitHostPort(r.target())
-	if !net.ParseIP(ip).IsLoopback() {
+	if !r.needsLocalnet() {
 		return false, nil
 	}
+	changed, err := setRouteLocalnet(s)
+	if err != nil {
+		return false, fmt.Errorf("%w, needed to DNAT pod traffic to %s: %s", err, r.target(), RouteLocalnetFix)
+	}
+	return changed, nil
+}
+
+// needsLocalnet: only a loopback DNAT target needs route_localnet.
+func (r Rules) needsLocalnet() bool {
+	ip, _, _ := net.SplitHostPort(r.target())
+	return net.ParseIP(ip).IsLoopback()
+}
+
+// setRouteLocalnet sets route_localnet to 1 unless it is already; it reports whether it changed it.
+func setRouteLocalnet(s Sysctl) (bool, error) {
 	v, err := s.Get(routeLocalnet)
 	if err != nil {
 		return false, fmt.Errorf("reading %s: %w", routeLocalnet, err)
@@ -267,7 +285,7 @@ func EnsureRouteLocalnet(s Sysctl, r Rules) (bool, error) {
 		return false, nil
 	}
 	if err := s.Set(routeLocalnet, "1"); err != nil {
-		return false, fmt.Errorf("setting %s=1, needed to DNAT pod traffic to %s: %w (grant NET_ADMIN and mount /proc/sys writable, or set it on the node)", routeLocalnet, r.target(), err)
+		return false, fmt.Errorf("setting %s=1: %w", routeLocalnet, err)
 	}
 	return true, nil
 }
