@@ -82,6 +82,7 @@ type options struct {
 	// For benchmarks and tests on a developer machine only.
 	redirect         bool
 	cleanupIPTables  bool
+	prepareNode      bool
 	auxListenAddress string
 }
 
@@ -132,6 +133,7 @@ func (o *options) AddFlags(fs *pflag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&o.federationDefaultTenantID, "federation-default-tenant-id", "", "tenant of federated identities without one: implicit Workload Identity identities whose ServiceAccount has no azure.workload.identity/tenant-id annotation (NMI reads no azure.json)")
 	fs.StringVar(&o.serviceAccountName, "service-account-name", getenv("SERVICE_ACCOUNT_NAME"), "NMI's own ServiceAccount (default $SERVICE_ACCOUNT_NAME), whose tokens broker identities (spec.federation.subject Broker) present; with POD_NAME, POD_NAMESPACE and POD_UID from the downward API")
 	fs.BoolVar(&o.cleanupIPTables, "cleanup-iptables", false, "remove NMI's iptables rules (nat chain aad-metadata, filter chain aad-metadata-localnet, their jumps) from this node and exit; for nodes left with them after an uninstall")
+	fs.BoolVar(&o.prepareNode, "prepare-node", false, "install the localnet guard (filter chain aad-metadata-localnet, first in INPUT), then turn on net.ipv4.conf.all.route_localnet, and exit; needs a privileged container (the chart's nmi.prepareNode init container) on nodes where route_localnet is 0. Installs no DNAT: NMI does")
 }
 
 func (o *options) validate() error {
@@ -227,6 +229,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return cmdError{err: err, code: 2}
 	}
 	log := klog.Background().WithName("nmi")
+	if o.cleanupIPTables && o.prepareNode {
+		return cmdError{err: errors.New("--cleanup-iptables and --prepare-node exclude each other: use one"), code: 2}
+	}
+	if o.prepareNode {
+		if err := prepareNode(&o, log.WithName("iptables")); err != nil {
+			log.Error(err, "nmi --prepare-node failed")
+			return cmdError{err: err, code: 1, logged: true}
+		}
+		return nil
+	}
 	if o.cleanupIPTables {
 		if err := cleanupIPTables(log.WithName("iptables")); err != nil {
 			log.Error(err, "nmi --cleanup-iptables failed")
