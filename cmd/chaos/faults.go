@@ -57,7 +57,11 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 	back := func(context.Context) bool { return true }
 	switch f.Kind {
 	case chaos.MICKill, chaos.MICStop:
+		// Right after another MIC fault there may be no leader yet: wait a little for one.
 		c := inj.leader(ctx)
+		for deadline := time.Now().Add(10 * time.Second); c == nil && time.Now().Before(deadline) && ctx.Err() == nil; c = inj.leader(ctx) {
+			time.Sleep(250 * time.Millisecond)
+		}
 		if c == nil {
 			inj.note("%s at %s: no MIC leader found; nothing killed", f.Kind, f.At)
 			return now, back
@@ -83,6 +87,20 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 			code, _, err := n.NMI.Get(ctx, sandbox.NMIProbePort, "/readyz")
 			return err == nil && code == http.StatusOK
 		}
+	case chaos.EtcdPause:
+		inj.wg.Add(1)
+		go func() {
+			defer inj.wg.Done()
+			if err := inj.sb.PauseEtcd(ctx, f.For); err != nil && ctx.Err() == nil {
+				inj.note("%s at %s: %v", f.Kind, f.At, err)
+			}
+		}()
+		return now.Add(f.For), back
+	case chaos.APIServerRestart:
+		if err := inj.sb.RestartAPIServer(ctx); err != nil && ctx.Err() == nil {
+			inj.note("%s at %s: %v", f.Kind, f.At, err)
+		}
+		return time.Now(), back
 	case chaos.ARMThrottle:
 		inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceARM, Status: http.StatusTooManyRequests, Code: "TooManyRequests",
 			Message: "chaos: throttled", RetryAfter: emulator.D(2 * time.Second)})

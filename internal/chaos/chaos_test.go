@@ -35,9 +35,9 @@ func TestScheduleReproducibleFromSeed(t *testing.T) {
 		if i > 0 && f.At < a[i-1].At {
 			t.Errorf("schedule not sorted at %d: %v", i, a)
 		}
-		if f.Kind.Emulated() {
+		if f.Kind.Exclusive() {
 			if f.At < emuEnd {
-				t.Errorf("emulator window %v overlaps the previous one (ends %s)", f, emuEnd)
+				t.Errorf("exclusive window %v overlaps the previous one (ends %s)", f, emuEnd)
 			}
 			emuEnd = f.At + f.For
 		}

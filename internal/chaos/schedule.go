@@ -31,14 +31,22 @@ const (
 	ARM5xx FaultKind = "arm-5xx"
 	// AAD5xx answers every Azure AD token request 503 for the fault's duration.
 	AAD5xx FaultKind = "aad-5xx"
+	// EtcdPause freezes etcd (SIGSTOP) for the fault's duration.
+	EtcdPause FaultKind = "etcd-pause"
+	// APIServerRestart restarts kube-apiserver (SIGTERM, then the same flags and port).
+	APIServerRestart FaultKind = "kube-apiserver-restart"
 )
 
 // AllKinds lists every fault kind, in a fixed order (the schedule's draws depend on it).
-var AllKinds = []FaultKind{MICKill, MICStop, NMIKill, NMIRestart, ARMThrottle, ARM5xx, AAD5xx}
+var AllKinds = []FaultKind{MICKill, MICStop, NMIKill, NMIRestart, ARMThrottle, ARM5xx, AAD5xx, EtcdPause, APIServerRestart}
 
-// Emulated reports whether the fault is an emulator window (at most one at a time: ending one
-// clears the emulator's faults).
+// Emulated reports whether the fault is an emulator window (ending one clears the emulator's
+// faults).
 func (k FaultKind) Emulated() bool { return k == ARMThrottle || k == ARM5xx || k == AAD5xx }
+
+// Exclusive reports whether the fault lasts a window that no other exclusive fault may overlap:
+// emulator windows (ending one clears them all) and control-plane faults (one process at a time).
+func (k FaultKind) Exclusive() bool { return k.Emulated() || k == EtcdPause || k == APIServerRestart }
 
 // Fault is one scheduled fault.
 type Fault struct {
@@ -75,8 +83,8 @@ func (e *ScheduleError) Error() string { return "chaos schedule: " + e.Reason }
 
 // NewSchedule draws the faults of a run of length d at intensity faults per minute from seed.
 // The same arguments give the same schedule. Faults start after a quiet first tenth of d and
-// none starts in the last fifth, so the settle phase follows a calm stretch; emulator windows
-// never overlap.
+// none starts in the last fifth, so the settle phase follows a calm stretch; exclusive windows
+// (Exclusive) never overlap.
 func NewSchedule(seed uint64, d time.Duration, intensity float64) ([]Fault, error) {
 	if d < 10*time.Second {
 		return nil, &ScheduleError{Reason: fmt.Sprintf("duration %s is too short: give at least 10s", d)}
@@ -91,19 +99,24 @@ func NewSchedule(seed uint64, d time.Duration, intensity float64) ([]Fault, erro
 		n = 1
 	}
 	var out []Fault
-	var emuFree time.Duration // when the last emulator window ends
+	var emuFree time.Duration // when the last exclusive window ends
 	for i := 0; i < n; i++ {
 		f := Fault{At: start + time.Duration(r.Int64N(int64(end-start))), Kind: AllKinds[r.IntN(len(AllKinds))], Target: r.IntN(1 << 16)}
-		if f.Kind.Emulated() {
+		switch {
+		case f.Kind.Emulated():
 			f.For = time.Duration(2+r.IntN(7)) * time.Second
+		case f.Kind == EtcdPause:
+			f.For = time.Duration(1+r.IntN(4)) * time.Second
+		case f.Kind == APIServerRestart:
+			f.For = 5 * time.Second // the slot kept free while it restarts
 		}
 		out = append(out, f)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].At < out[j].At })
-	// Emulator windows that would overlap an earlier one move to its end (or are dropped past end).
+	// Exclusive windows that would overlap an earlier one move to its end (or are dropped past end).
 	kept := out[:0]
 	for _, f := range out {
-		if f.Kind.Emulated() {
+		if f.Kind.Exclusive() {
 			if f.At < emuFree {
 				f.At = emuFree
 			}

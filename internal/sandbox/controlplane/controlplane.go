@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"k8s.io/client-go/rest"
@@ -253,4 +254,66 @@ func (cp *ControlPlane) Stop() {
 		_ = cp.procs[i].Stop(10 * time.Second)
 	}
 	cp.procs = nil
+}
+
+func (cp *ControlPlane) proc(name string) (int, *proc.Process, error) {
+	for i, p := range cp.procs {
+		if p.Spec.Name == name {
+			return i, p, nil
+		}
+	}
+	return 0, nil, fmt.Errorf("the control plane has no %s process (stopped?)", name)
+}
+
+// PauseEtcd freezes etcd (SIGSTOP) for d and then resumes it (SIGCONT): the apiserver sees a
+// store that stalls, as on a slow disk. Not to be called concurrently with Stop.
+func (cp *ControlPlane) PauseEtcd(ctx context.Context, d time.Duration) error {
+	_, p, err := cp.proc("etcd")
+	if err != nil {
+		return err
+	}
+	p.Signal(syscall.SIGSTOP)
+	defer p.Signal(syscall.SIGCONT)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// RestartAPIServer stops kube-apiserver (SIGTERM) and starts it again with the same flags, port
+// and certificates, returning once /readyz answers 200 (or after timeout). Not to be called
+// concurrently with Stop.
+func (cp *ControlPlane) RestartAPIServer(ctx context.Context, timeout time.Duration) error {
+	i, p, err := cp.proc("kube-apiserver")
+	if err != nil {
+		return err
+	}
+	if err := p.Stop(10 * time.Second); err != nil {
+		return err
+	}
+	np, err := proc.Start(p.Spec)
+	if err != nil {
+		return fmt.Errorf("restarting kube-apiserver: %w", err)
+	}
+	cp.procs[i] = np
+	hc, err := rest.HTTPClientFor(cp.Config)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return np.WaitReady(wctx, 200*time.Millisecond, func(ctx context.Context) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, cp.Config.Host+"/readyz", nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("kube-apiserver /readyz after a restart: %s", resp.Status)
+		}
+		return nil
+	})
 }
