@@ -22,6 +22,7 @@ type workload struct {
 	image     string // our image name: mic or nmi
 	container corev1.Container
 	pod       corev1.PodSpec
+	init      bool // an init container (nmi.prepareNode's)
 }
 
 // valueSets render the chart so that every flag its templates can pass appears at least once
@@ -42,7 +43,7 @@ var valueSets = map[string]map[string]any{
 		"nmi": map[string]any{
 			"ipTableUpdateTimeIntervalInSeconds": "30", "retryAttemptsForCreated": "8", "retryAttemptsForAssigned": "2",
 			"findIdentityRetryIntervalInSeconds": "2", "enableScaleFeatures": false, "blockInstanceMetadata": true,
-			"metadataHeaderRequired": false, "allowNetworkPluginKubenet": true, "setRetryAfterHeader": true,
+			"metadataHeaderRequired": false, "allowNetworkPluginKubenet": true, "setRetryAfterHeader": true, "prepareNode": true,
 			"enableConntrackDeletion": true, "allowCrossNamespaceSecrets": true, "serveDeletingPods": true,
 			"allowedADEndpoints": []any{"https://login.example.com/"}, "logVerbosity": 2, "loggingFormat": "json",
 			"federation": map[string]any{"propagationWindow": "30s", "honorWorkloadIdentityAnnotations": true,
@@ -81,11 +82,11 @@ func renderWorkloads(t *testing.T, vals map[string]any) []workload {
 		default:
 			continue
 		}
-		for _, c := range pod.Containers {
+		for i, c := range append(slices.Clone(pod.InitContainers), pod.Containers...) {
 			// The chart's image is <registry>/<repo>/<name>:<tag>; the name must be one we build.
 			ref := c.Image[strings.LastIndex(c.Image, "/")+1:]
 			name, _, _ := strings.Cut(ref, ":")
-			out = append(out, workload{image: name, container: c, pod: pod})
+			out = append(out, workload{image: name, container: c, pod: pod, init: i < len(pod.InitContainers)})
 		}
 	}
 	for _, w := range out {
@@ -192,6 +193,10 @@ func securityArgs(t *testing.T, w workload) []string {
 		nonRoot = psc.RunAsNonRoot
 	}
 	var args []string
+	if sc.Privileged != nil && *sc.Privileged {
+		// Only nmi.prepareNode's init container, and only ever in a test namespace.
+		args = append(args, "--privileged")
+	}
 	if user != nil {
 		u := strconv.FormatInt(*user, 10)
 		if group != nil {

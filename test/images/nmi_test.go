@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -32,7 +33,9 @@ import (
 // node-like network namespace against a real kube-apiserver, installs its aad-metadata chain
 // with the image's own iptables, in the backend nmi-entrypoint.sh picks: nft or legacy when
 // told, and legacy by itself on a node whose rules are in legacy. The rules outlive NMI's stop,
-// and `--cleanup-iptables` through the same entrypoint removes them from both backends.
+// and `--cleanup-iptables` through the same entrypoint removes them from both backends. On a
+// node with route_localnet 0 NMI exits naming nmi.prepareNode; after that init container ran
+// (privileged, in the test's namespace only) the unprivileged NMI works there.
 func TestNMIRedirect(t *testing.T) {
 	requireImages(t)
 	env, err := testenv.Start()
@@ -41,20 +44,24 @@ func TestNMIRedirect(t *testing.T) {
 	}
 	defer env.Stop()
 	kubeconfig, apiPort := writeKubeconfig(t, env)
-	var nmi *workload
-	for _, w := range renderWorkloads(t, nil) {
-		if w.image == "nmi" {
+	var nmi, prepare *workload
+	for _, w := range renderWorkloads(t, map[string]any{"nmi": map[string]any{"prepareNode": true}}) {
+		switch {
+		case w.image == "nmi" && w.init:
+			prepare = &w
+		case w.image == "nmi":
 			nmi = &w
 		}
 	}
-	if nmi == nil {
-		t.Fatal("the chart renders no NMI container")
+	if nmi == nil || prepare == nil {
+		t.Fatal("the chart with nmi.prepareNode renders no NMI container or no prepare-node init container")
 	}
 	for _, tc := range []struct {
 		name, mode, want string
 		seedLegacy       bool
 		// localnetUnset: the node has not turned on route_localnet, which NMI cannot do itself
-		// under the chart's securityContext (/proc/sys is read-only in the container).
+		// under the chart's securityContext (/proc/sys is read-only in the container): NMI
+		// fails naming nmi.prepareNode, and works once its init container has run.
 		localnetUnset bool
 	}{
 		{name: "nft", mode: "nft", want: "nft"},
@@ -80,7 +87,8 @@ func TestNMIRedirect(t *testing.T) {
 				ipt(t, ns, "legacy", "-t", "filter", "-A", "FORWARD", "-s", "192.0.2.1/32", "-j", "ACCEPT")
 			}
 			// /proc/sys is read-only in an unprivileged container, under the kubelet and podman
-			// alike, so route_localnet is the node's to set (docs/images.md).
+			// alike, so route_localnet is the node's to set, or nmi.prepareNode's privileged init
+			// container's (docs/images.md).
 			if !tc.localnetUnset {
 				if err := netns.Sysctl(ns, "net.ipv4.conf.all.route_localnet", "1"); err != nil {
 					t.Fatal(err)
@@ -90,18 +98,23 @@ func TestNMIRedirect(t *testing.T) {
 			opts := append(nmiRunOptions(t, *nmi, ns, kubeconfig), "--env", "PODIDENTITY_IPTABLES_MODE="+tc.mode)
 			args := expandEnv(nmi.container.Args, map[string]string{"NODE_NAME": "node-1"})
 			name := ns + "-nmi"
-			_, _, _ = podman(t, "rm", "-f", name)
-			runArgs := append(append([]string{"run", "-d", "--name", name}, runLimits()...), opts...)
-			mustPodman(t, append(append(runArgs, built.tag("nmi")), args...)...)
+			startNMI := func() {
+				_, _, _ = podman(t, "rm", "-f", name)
+				runArgs := append(append([]string{"run", "-d", "--name", name}, runLimits()...), opts...)
+				mustPodman(t, append(append(runArgs, built.tag("nmi")), args...)...)
+			}
+			startNMI()
 			t.Cleanup(func() { _, _, _ = podman(t, "rm", "-f", name) })
 
 			if tc.localnetUnset {
 				// NMI must refuse to serve, saying what is wrong and what to do.
 				code, logs := waitExit(t, name)
-				if code == 0 || !strings.Contains(logs, "route_localnet") || !strings.Contains(logs, "set it on the node") {
-					t.Errorf("NMI without route_localnet exited %d; want a failure that names route_localnet and the fix:\n%s", code, logs)
+				if code == 0 || !strings.Contains(logs, "route_localnet") || !strings.Contains(logs, "nmi.prepareNode=true") ||
+					!strings.Contains(logs, "net.ipv4.conf.all.route_localnet=1 on the node") {
+					t.Fatalf("NMI without route_localnet exited %d; want a failure that names route_localnet and both fixes:\n%s", code, logs)
 				}
-				return
+				prepareNode(t, *prepare, ns, tc.mode)
+				startNMI()
 			}
 			waitReady(t, ns, name, probePort(t, args))
 			logs := containerLogs(t, name)
@@ -154,6 +167,45 @@ func TestNMIRedirect(t *testing.T) {
 			}
 		})
 	}
+}
+
+// prepareNode runs nmi.prepareNode's init container as the chart renders it (privileged, which
+// podman applies to the container in node namespace ns only) and checks that it installed the
+// guard in backend mode and turned on route_localnet there, and left the nat table as it was
+// (the DNAT is NMI's).
+func prepareNode(t *testing.T, w workload, ns, mode string) {
+	t.Helper()
+	if v, err := sysctlIn(ns, "net/ipv4/conf/all/route_localnet"); err != nil || v != "0" {
+		t.Fatalf("setup: route_localnet in %s is %q (%v), want 0", ns, v, err)
+	}
+	opts := append([]string{"--network", "ns:" + filepath.Join(netns.Dir, ns), "--env", "PODIDENTITY_IPTABLES_MODE=" + mode}, securityArgs(t, w)...)
+	if !slices.Contains(opts, "--privileged") {
+		t.Fatalf("the chart's prepare-node init container is not privileged: %q", opts)
+	}
+	opts = append(opts, hostPathMounts(t, w, nil)...)
+	natBefore := ipt(t, ns, mode, "-t", "nat", "-S")
+	out, errOut, err := run(t, opts, built.tag("nmi"), w.container.Args...)
+	if err != nil {
+		t.Fatalf("nmi %s: %v\n%s%s", strings.Join(w.container.Args, " "), err, out, errOut)
+	}
+	if !strings.Contains(out+errOut, "turned on net.ipv4.conf.all.route_localnet") {
+		t.Errorf("--prepare-node does not log that it turned route_localnet on:\n%s%s", out, errOut)
+	}
+	if v, err := sysctlIn(ns, "net/ipv4/conf/all/route_localnet"); err != nil || v != "1" {
+		t.Errorf("route_localnet in %s after --prepare-node: %q (%v), want 1", ns, v, err)
+	}
+	if got := ipt(t, ns, mode, "-t", "filter", "-S", iptables.GuardChain); !slices.Equal(got, iptables.ExpectedGuard()) {
+		t.Errorf("guard chain in %s after --prepare-node: %q, want %q", mode, got, iptables.ExpectedGuard())
+	}
+	if nat := ipt(t, ns, mode, "-t", "nat", "-S"); !slices.Equal(nat, natBefore) {
+		t.Errorf("--prepare-node changed the nat table, which is NMI's to manage:\n%s\nbefore:\n%s", strings.Join(nat, "\n"), strings.Join(natBefore, "\n"))
+	}
+}
+
+// sysctlIn reads /proc/sys/<key> inside namespace ns.
+func sysctlIn(ns, key string) (string, error) {
+	out, err := exec.Command("ip", "netns", "exec", ns, "cat", filepath.Join("/proc/sys", key)).Output()
+	return strings.TrimSpace(string(out)), err
 }
 
 // addPod makes a pod namespace joined to node namespace ns by a veth (pod 10.250.0.2, node
