@@ -74,6 +74,10 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 		back = func(ctx context.Context) bool { return inj.leader(ctx) != nil }
 	case chaos.NMIKill, chaos.NMIRestart:
 		n := inj.sb.Nodes[f.Target%len(inj.sb.Nodes)]
+		if n.NMI == nil {
+			inj.note("%s at %s: no NMI runs on %s", f.Kind, f.At, n.Name)
+			return now, back
+		}
 		before := n.NMI.Restarts()
 		if f.Kind == chaos.NMIKill {
 			n.NMI.Kill()

@@ -32,7 +32,7 @@ type options struct {
 	seed                                       uint64
 	intensity                                  float64
 	repo, out                                  string
-	keep                                       bool
+	keep, noNMI                                bool
 }
 
 func (o *options) addFlags(fs *pflag.FlagSet) {
@@ -46,6 +46,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.repo, "repo", ".", "The podidentity checkout.")
 	fs.StringVar(&o.out, "out", "_output/chaos", "Directory for report.txt and report.json.")
 	fs.BoolVar(&o.keep, "keep-files", false, "Keep the sandbox's run directory (MIC/NMI logs).")
+	fs.BoolVar(&o.noNMI, "self-check-without-nmi", false, "Check the checker: run without NMI, so pods reach IMDS directly and get identities they are not bound to; the run must then report violations.")
 }
 
 func (o *options) validate() error {

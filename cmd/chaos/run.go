@@ -23,7 +23,7 @@ import (
 // refresh their token every 2 s so that every pod keeps asking.
 func sandboxOptions(o options, log logr.Logger) sandbox.Options {
 	return sandbox.Options{
-		Timing: sandbox.TimingFast, RepoRoot: o.repo, TempRoot: os.TempDir(), MICReplicas: 2, NMI: true,
+		Timing: sandbox.TimingFast, RepoRoot: o.repo, TempRoot: os.TempDir(), MICReplicas: 2, NMI: !o.noNMI,
 		MICArgs: []string{
 			"--identity-assignment-reconcile-interval=5s", "--batch-idle=200ms", "--batch-max=2s",
 			"--leader-election-duration=4s", "--arm-poll-interval=200ms",
