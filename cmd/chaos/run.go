@@ -183,6 +183,8 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 	runCtx, stopRun := context.WithDeadline(ctx, start.Add(o.duration))
 	defer stopRun()
 	go wl.run(runCtx, o.churn)
+	mem := &memSampler{sb: sb}
+	go mem.run(checkCtx, start, max(2*time.Second, o.duration/30))
 	inj := &injector{sb: sb, w: w}
 	inj.run(runCtx, start, faults)
 	<-runCtx.Done()
@@ -215,7 +217,9 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 	case <-time.After(o.tokenBound):
 	}
 	rep.ARMPerMinQuiet = float64(armCalls(sb)-armIdle) / o.tokenBound.Minutes()
-	return rep, finalChecks(ctx, o, sb, w, tc, wl, inj, untouched)
+	err = finalChecks(ctx, o, sb, w, tc, wl, inj, untouched)
+	rep.Memory = mem.series()
+	return rep, err
 }
 
 // finalChecks fills the end-of-run part of the report.

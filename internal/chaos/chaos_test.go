@@ -181,7 +181,8 @@ func TestReportJSONRoundTrip(t *testing.T) {
 	r := &Report{Seed: 7, Started: time.Date(2026, 12, 1, 14, 0, 0, 0, time.UTC), Duration: Duration(time.Minute), Intensity: 5,
 		Grace: Duration(DefaultGrace), Faults: fs, FaultsByKind: CountByKind(fs), Workload: map[string]int{"pod-create": 3},
 		Requests: 10, Tokens: 8, Violations: []Violation{{Rule: RuleUnboundToken, Detail: "x"}},
-		Recovery: Summarise([]time.Duration{time.Second, 3 * time.Second, 2 * time.Second}), ARMPerMinChaos: 12.5}
+		Recovery: Summarise([]time.Duration{time.Second, 3 * time.Second, 2 * time.Second}), ARMPerMinChaos: 12.5,
+		Memory: []MemSample{{At: Duration(10 * time.Second), MICMiB: 40, NMIMiB: 30}, {At: Duration(20 * time.Second), MICMiB: 44, NMIMiB: 29}}}
 	r.Finish()
 	var buf bytes.Buffer
 	if err := r.WriteJSON(&buf); err != nil {
@@ -199,7 +200,8 @@ func TestReportJSONRoundTrip(t *testing.T) {
 	}
 	var txt bytes.Buffer
 	r.WriteText(&txt)
-	if !strings.Contains(txt.String(), "violations (must be 0): 1") || !strings.Contains(txt.String(), "CHAOS_SEED=7") {
+	if !strings.Contains(txt.String(), "violations (must be 0): 1") || !strings.Contains(txt.String(), "CHAOS_SEED=7") ||
+		!strings.Contains(txt.String(), "MIC first 40.0, last 44.0, max 44.0 MiB") {
 		t.Errorf("text report:\n%s", txt.String())
 	}
 	if _, err := ReadJSON(strings.NewReader(`{"duration": 5}`)); err == nil || !strings.Contains(err.Error(), "1m30s") {

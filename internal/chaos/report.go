@@ -45,6 +45,27 @@ type Report struct {
 	Notes           []string    `json:"notes,omitempty"`
 	InvariantsHeld  bool        `json:"invariantsHeld"`
 	MaxHeapInUseMiB float64     `json:"checkerMaxHeapInUseMiB"`
+	// Memory is MIC's and NMI's resident memory over the run (largest replica / node).
+	Memory []MemSample `json:"memory,omitempty"`
+}
+
+// MemSample is one memory reading, At after the start of the churn phase.
+type MemSample struct {
+	At     Duration `json:"at"`
+	MICMiB float64  `json:"micMiB"`
+	NMIMiB float64  `json:"nmiMiB"`
+}
+
+// memLine summarises one component's series: first, last and largest reading.
+func memLine(ms []MemSample, get func(MemSample) float64) string {
+	if len(ms) == 0 {
+		return "no samples"
+	}
+	hi := 0.0
+	for _, m := range ms {
+		hi = max(hi, get(m))
+	}
+	return fmt.Sprintf("first %.1f, last %.1f, max %.1f MiB", get(ms[0]), get(ms[len(ms)-1]), hi)
 }
 
 // Duration is a time.Duration written as a Go duration string in JSON.
@@ -135,6 +156,8 @@ func (r *Report) WriteText(w io.Writer) {
 		time.Duration(r.Recovery.P50), time.Duration(r.Recovery.P99), time.Duration(r.Recovery.Max), time.Duration(r.SettledAfter))
 	p("ARM calls per minute: under churn and faults %.1f, quiet (after settling) %.1f", r.ARMPerMinChaos, r.ARMPerMinQuiet)
 	p("restarts: MIC %d, NMI %d; checker max heap in use %.1f MiB", r.MICRestarts, r.NMIRestarts, r.MaxHeapInUseMiB)
+	p("resident memory (%d samples): MIC %s; NMI %s", len(r.Memory), memLine(r.Memory, func(m MemSample) float64 { return m.MICMiB }),
+		memLine(r.Memory, func(m MemSample) float64 { return m.NMIMiB }))
 	for _, group := range [][]Violation{r.Violations, r.Leaked, r.Missing, r.Stuck, r.NoToken} {
 		for _, v := range group {
 			p("  VIOLATION %s: %s", v.Rule, v.Detail)
