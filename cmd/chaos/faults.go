@@ -22,7 +22,7 @@ type injector struct {
 	w  *watcher
 
 	mu       sync.Mutex
-	recovery []time.Duration
+	recovery []chaos.Recovery
 	notes    []string
 	wg       sync.WaitGroup
 }
@@ -45,7 +45,7 @@ func (inj *injector) run(ctx context.Context, start time.Time, faults []chaos.Fa
 		inj.wg.Add(1)
 		go func() {
 			defer inj.wg.Done()
-			inj.measure(ctx, end, next, back)
+			inj.measure(ctx, f, end, next, back)
 		}()
 	}
 }
@@ -152,7 +152,7 @@ func (inj *injector) leader(ctx context.Context) *sandbox.Component {
 
 // measure polls, from end, until the component hit is back and MIC has converged (watcher.
 // converged); it gives up (not counting the fault) when the next fault starts first.
-func (inj *injector) measure(ctx context.Context, end, next time.Time, back func(context.Context) bool) {
+func (inj *injector) measure(ctx context.Context, f chaos.Fault, end, next time.Time, back func(context.Context) bool) {
 	select {
 	case <-ctx.Done():
 		return
@@ -164,7 +164,7 @@ func (inj *injector) measure(ctx context.Context, end, next time.Time, back func
 		}
 		if ok, _, err := inj.w.converged(ctx); err == nil && ok && back(ctx) {
 			inj.mu.Lock()
-			inj.recovery = append(inj.recovery, time.Since(end))
+			inj.recovery = append(inj.recovery, chaos.Recovery{At: chaos.Duration(f.At), Kind: f.Kind, Took: chaos.Duration(time.Since(end))})
 			inj.mu.Unlock()
 			return
 		}

@@ -44,7 +44,7 @@ func (o *options) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.tokenBound, "token-bound", 45*time.Second, "Every bound running pod must have got a token within this at the end.")
 	fs.DurationVar(&o.churn, "churn-period", time.Second, "Time between workload churn actions.")
 	fs.StringVar(&o.repo, "repo", ".", "The podidentity checkout.")
-	fs.StringVar(&o.out, "out", "_output/chaos", "Directory for report.txt and report.json.")
+	fs.StringVar(&o.out, "out", "_output/chaos", "Directory for report.txt, report.json and report.svg (recovery and memory over time).")
 	fs.BoolVar(&o.keep, "keep-files", false, "Keep the sandbox's run directory (MIC/NMI logs).")
 	fs.BoolVar(&o.noNMI, "self-check-without-nmi", false, "Check the checker: run without NMI, so pods reach IMDS directly and get identities they are not bound to; the run must then report violations.")
 }
@@ -105,7 +105,7 @@ func run(args []string) (int, error) {
 	if err := writeReport(o.out, rep); err != nil {
 		return 0, err
 	}
-	fmt.Printf("reports: %s, %s\n", filepath.Join(o.out, "report.txt"), filepath.Join(o.out, "report.json"))
+	fmt.Printf("reports: %s/report.{txt,json,svg}\n", o.out)
 	if !rep.InvariantsHeld {
 		return 1, nil
 	}
@@ -129,5 +129,8 @@ func writeReport(dir string, rep *chaos.Report) error {
 		jf.Close()
 		return err
 	}
-	return jf.Close()
+	if err := jf.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "report.svg"), chaos.PlotSVG(rep), 0o644)
 }

@@ -243,7 +243,11 @@ func finalChecks(ctx context.Context, o options, sb *sandbox.Sandbox, w *watcher
 	tc.mu.Unlock()
 	rep.Workload = wl.Actions()
 	inj.mu.Lock()
-	rep.Recovery = chaos.Summarise(inj.recovery)
+	var took []time.Duration
+	for _, r := range inj.recovery {
+		took = append(took, time.Duration(r.Took))
+	}
+	rep.Recovery, rep.RecoveryPoints = chaos.Summarise(took), inj.recovery
 	rep.Notes = append(rep.Notes, inj.notes...)
 	inj.mu.Unlock()
 	for _, c := range sb.MIC {

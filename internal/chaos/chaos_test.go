@@ -208,3 +208,15 @@ func TestReportJSONRoundTrip(t *testing.T) {
 		t.Errorf("bad duration: %v", err)
 	}
 }
+
+func TestPlotSVG(t *testing.T) {
+	r := &Report{Seed: 3, Duration: Duration(time.Minute), Intensity: 2,
+		RecoveryPoints: []Recovery{{At: Duration(10 * time.Second), Kind: MICKill, Took: Duration(4 * time.Second)}},
+		Memory:         []MemSample{{At: Duration(0), MICMiB: 40, NMIMiB: 30}, {At: Duration(time.Minute), MICMiB: 42, NMIMiB: 31}}}
+	svg := string(PlotSVG(r))
+	for _, want := range []string{"<svg ", "<circle cx=\"153.3\"", "mic-leader-sigkill +10s: 4s", "<polyline", "</svg>"} {
+		if !strings.Contains(svg, want) {
+			t.Errorf("SVG lacks %q:\n%s", want, svg)
+		}
+	}
+}

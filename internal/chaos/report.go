@@ -37,6 +37,7 @@ type Report struct {
 	// converged (every AzureAssignedIdentity Assigned, one for each running pod's bound
 	// identity); faults followed by the next one before that are not counted.
 	Recovery        Percentiles `json:"recovery"`
+	RecoveryPoints  []Recovery  `json:"recoveryPoints,omitempty"`
 	SettledAfter    Duration    `json:"settledAfter"`           // after the last fault, until all Assigned
 	ARMPerMinQuiet  float64     `json:"armCallsPerMinuteQuiet"` // after settling: no churn, no faults
 	ARMPerMinChaos  float64     `json:"armCallsPerMinuteChaos"`
@@ -47,6 +48,13 @@ type Report struct {
 	MaxHeapInUseMiB float64     `json:"checkerMaxHeapInUseMiB"`
 	// Memory is MIC's and NMI's resident memory over the run (largest replica / node).
 	Memory []MemSample `json:"memory,omitempty"`
+}
+
+// Recovery is one fault's time back to converged.
+type Recovery struct {
+	At   Duration  `json:"at"` // the fault's offset
+	Kind FaultKind `json:"kind"`
+	Took Duration  `json:"took"`
 }
 
 // MemSample is one memory reading, At after the start of the churn phase.
