@@ -112,12 +112,28 @@ func (w *watcher) setPod(obj any, deleted bool) {
 			}
 		}
 	}
-	w.world.Pods[k] = chaos.Pod{Key: k, Selector: p.Labels[chaos.PodLabel], ServiceAccount: sa, Node: p.Spec.NodeName, Running: running, Requested: requested}
+	w.world.Pods[k] = chaos.Pod{Key: k, Selector: p.Labels[chaos.PodLabel], ServiceAccount: sa, Node: p.Spec.NodeName, Running: running,
+		Requested: requested, Changed: changed(p.CreationTimestamp, p.ManagedFields, `"f:labels"`)}
 	if _, ok := w.runningSince[k]; running && !ok {
 		w.runningSince[k] = time.Now()
 	} else if !running {
 		delete(w.runningSince, k)
 	}
+}
+
+// changed is the apiserver's latest record of a change: the creation time, or a later
+// managedFields time of an entry whose fields contain mark ("" matches every entry).
+func changed(created metav1.Time, mf []metav1.ManagedFieldsEntry, mark string) time.Time {
+	t := created.Time
+	for _, e := range mf {
+		if e.Time == nil || e.Subresource != "" || (mark != "" && (e.FieldsV1 == nil || !strings.Contains(e.FieldsV1.GetRawString(), mark))) {
+			continue
+		}
+		if e.Time.After(t) {
+			t = e.Time.Time
+		}
+	}
+	return t
 }
 
 func key(u *unstructured.Unstructured) types.NamespacedName {
@@ -140,7 +156,8 @@ func (w *watcher) setIdentity(obj any, deleted bool) {
 	}
 	_, fed, _ := unstructured.NestedFieldNoCopy(u.Object, "spec", "federation")
 	w.world.Identities[key(u)] = chaos.Identity{Key: key(u), ClientID: str(u, "spec", "clientID"), ResourceID: str(u, "spec", "resourceID"),
-		Namespaced: u.GetAnnotations()["aadpodidentity.k8s.io/Behavior"] == "namespaced", Federated: fed}
+		Namespaced: u.GetAnnotations()["aadpodidentity.k8s.io/Behavior"] == "namespaced", Federated: fed,
+		Changed: changed(u.GetCreationTimestamp(), u.GetManagedFields(), "")}
 }
 
 func (w *watcher) setBinding(obj any, deleted bool) {
@@ -153,7 +170,8 @@ func (w *watcher) setBinding(obj any, deleted bool) {
 		return
 	}
 	w.world.Bindings[key(u)] = chaos.Binding{Key: key(u), Identity: str(u, "spec", "azureIdentity"),
-		Selector: str(u, "spec", "selector"), ServiceAccount: str(u, "spec", "serviceAccountName")}
+		Selector: str(u, "spec", "selector"), ServiceAccount: str(u, "spec", "serviceAccountName"),
+		Changed: changed(u.GetCreationTimestamp(), u.GetManagedFields(), "")}
 }
 
 // snapshot copies the world (and when each pod started running) for the final checks.

@@ -220,3 +220,24 @@ func TestPlotSVG(t *testing.T) {
 		}
 	}
 }
+
+// The checker's watch may see a change late (reconnecting after an apiserver restart): the
+// interval opens at the apiserver's record of the change, not at the late observation.
+func TestLateObservationUsesTheApiserversTime(t *testing.T) {
+	w := testWorld()
+	pk := types.NamespacedName{Namespace: "b", Name: "p"}
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tl := NewTimeline()
+	w.Pods[pk] = Pod{Key: pk, Selector: "none", Running: true, Changed: t0.Add(-time.Minute)}
+	tl.Observe(t0, w)
+	w.Pods[pk] = Pod{Key: pk, Selector: "s1", Running: true, Changed: t0.Add(10 * time.Second)} // relabelled at +10s
+	tl.Observe(t0.Add(20*time.Second), w)                                                       // seen at +20s
+	tok := Token{Pod: pk, ClientID: "cid-1", Start: t0.Add(12 * time.Second), End: t0.Add(12 * time.Second)}
+	if v := tl.CheckToken(tok, DefaultGrace); v != nil {
+		t.Errorf("token after the relabel, before the late observation, flagged: %v", v)
+	}
+	tok.Start, tok.End = t0.Add(5*time.Second), t0.Add(5*time.Second)
+	if v := tl.CheckToken(tok, DefaultGrace); v == nil {
+		t.Error("token 5s before the relabel not flagged")
+	}
+}

@@ -41,22 +41,35 @@ func NewTimeline() *Timeline {
 
 // Observe records the bindings of every pod in w at time at: pairs bound now and not before
 // open an interval; pairs bound before and not now (or whose pod is gone) close theirs.
+//
+// An interval opens at the apiserver's record of the change that bound the pair when that is
+// earlier than at (the checker's own watch may lag, e.g. while it reconnects after an apiserver
+// restart; NMI's may not), and closes at at: a late-seen unbind can only hide a violation
+// (lenient), never invent one.
 func (t *Timeline) Observe(at time.Time, w *World) {
-	now := map[boundKey]bool{}
+	now := map[boundKey]time.Time{}
 	for _, p := range w.Pods {
-		for cid := range w.Bound(p) {
-			now[boundKey{Pod: p.Key, ClientID: cid}] = true
+		for cid, b := range w.bound(p) {
+			from := at
+			if !b.since.IsZero() && b.since.Before(at) {
+				from = b.since
+			}
+			now[boundKey{Pod: p.Key, ClientID: cid}] = from
 		}
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for k := range now {
+	for k, from := range now {
 		if _, ok := t.open[k]; !ok {
-			t.open[k] = at
+			// Never before the end of this pair's previous interval: intervals stay ordered.
+			if prev := t.spans[k]; len(prev) > 0 && from.Before(prev[len(prev)-1].To) {
+				from = prev[len(prev)-1].To
+			}
+			t.open[k] = from
 		}
 	}
 	for k, from := range t.open {
-		if !now[k] {
+		if _, ok := now[k]; !ok {
 			t.spans[k] = append(t.spans[k], Interval{From: from, To: at})
 			delete(t.open, k)
 		}

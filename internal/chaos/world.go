@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -26,6 +27,9 @@ type Pod struct {
 	Running        bool
 	// Requested is the client ID the pod's application names (AZURE_CLIENT_ID), "" for none.
 	Requested string
+	// Changed is when the apiserver last recorded a change of what binds the pod (its labels;
+	// creation), from metadata (second resolution, so at most a second early).
+	Changed time.Time
 }
 
 // Binding is what the checker knows of an AzureIdentityBinding.
@@ -33,6 +37,7 @@ type Binding struct {
 	Key                      types.NamespacedName
 	Identity                 string
 	Selector, ServiceAccount string
+	Changed                  time.Time // last change recorded by the apiserver (see Pod.Changed)
 }
 
 // Identity is what the checker knows of an AzureIdentity.
@@ -43,6 +48,7 @@ type Identity struct {
 	Namespaced bool
 	// Federated identities need no VM assignment: MIC must leave them off every VM.
 	Federated bool
+	Changed   time.Time // last change recorded by the apiserver (see Pod.Changed)
 }
 
 // World is the checker's current view of the cluster's pods, bindings and identities.
@@ -78,12 +84,42 @@ func (w *World) matches(b Binding, id Identity, p Pod) bool {
 // Bound returns the identities the pod is bound to, keyed by lower-case client ID.
 func (w *World) Bound(p Pod) map[string]Identity {
 	out := map[string]Identity{}
+	for cid, b := range w.bound(p) {
+		out[cid] = b.id
+	}
+	return out
+}
+
+type boundBy struct {
+	id Identity
+	// since is the latest apiserver-recorded change among the pod, binding and identity: the
+	// pair cannot have become bound later than that.
+	since time.Time
+}
+
+func (w *World) bound(p Pod) map[string]boundBy {
+	out := map[string]boundBy{}
 	for _, b := range w.Bindings {
 		id, ok := w.Identities[types.NamespacedName{Namespace: b.Key.Namespace, Name: b.Identity}]
 		if !ok || id.ClientID == "" || !w.matches(b, id, p) {
 			continue
 		}
-		out[strings.ToLower(id.ClientID)] = id
+		since := latest(p.Changed, b.Changed, id.Changed)
+		cid := strings.ToLower(id.ClientID)
+		if have, ok := out[cid]; ok && have.since.Before(since) {
+			since = have.since
+		}
+		out[cid] = boundBy{id: id, since: since}
+	}
+	return out
+}
+
+func latest(ts ...time.Time) time.Time {
+	var out time.Time
+	for _, t := range ts {
+		if t.After(out) {
+			out = t
+		}
 	}
 	return out
 }
