@@ -67,6 +67,7 @@ func vmIdentities(sb *sandbox.Sandbox) (map[string]chaos.Set, error) {
 // tokenChecker checks every probe-client result as it arrives.
 type tokenChecker struct {
 	sb    *sandbox.Sandbox
+	w     *watcher
 	tl    *chaos.Timeline
 	grace time.Duration
 	fedID string
@@ -75,13 +76,22 @@ type tokenChecker struct {
 	seen      int
 	rep       *chaos.Report
 	lastToken map[types.NamespacedName]time.Time
+	pending   []chaos.Token // flagged while the checker's watch was behind
 	maxHeap   uint64
 }
 
-func (tc *tokenChecker) drain() {
+// drain checks the results that arrived since the last call, and the tokens deferred before. A
+// token that breaks the rule is a violation only when the checker's view of its pod, the
+// bindings and the identities is current (the same resourceVersions as a fresh read): otherwise
+// the checker's own watch is behind (it reconnects slowly after an apiserver restart) and the
+// token waits until the watch has caught up. Tokens still unverifiable at the end are reported
+// in the notes.
+func (tc *tokenChecker) drain(ctx context.Context, final bool) {
 	all, _ := tc.sb.Results()
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
+	toks := tc.pending
+	tc.pending = nil
 	for _, r := range all[tc.seen:] {
 		tc.rep.Requests++
 		if r.Result.Kind != "token" {
@@ -103,12 +113,28 @@ func (tc *tokenChecker) drain() {
 		tok := chaos.Token{Pod: types.NamespacedName{Namespace: r.Namespace, Name: r.Pod}, Node: r.Node, ClientID: r.Result.ClientID,
 			Start: end.Add(-time.Duration(r.Result.ElapsedMS) * time.Millisecond), End: end}
 		tc.lastToken[tok.Pod] = end
-		if v := tc.tl.CheckToken(tok, tc.grace); v != nil {
-			klog.InfoS("VIOLATION", "rule", v.Rule, "detail", v.Detail)
-			tc.rep.Violations = append(tc.rep.Violations, *v)
-		}
+		toks = append(toks, tok)
 	}
 	tc.seen = len(all)
+	for _, tok := range toks {
+		v := tc.tl.CheckToken(tok, tc.grace)
+		if v == nil {
+			continue
+		}
+		if cur, why := tc.w.current(ctx, tok.Pod); !cur {
+			if final {
+				tc.rep.Notes = append(tc.rep.Notes, fmt.Sprintf("unverifiable (checker watch behind at the end: %s): %s", why, v.Detail))
+			} else {
+				tc.pending = append(tc.pending, tok)
+			}
+			continue
+		}
+		pod, known := tc.w.pod(tok.Pod)
+		v.Detail += fmt.Sprintf("; the checker's current view: pod known %t, selector %q, ServiceAccount %q, labels changed %s; intervals %v",
+			known, pod.Selector, pod.ServiceAccount, pod.Changed.Format(time.RFC3339), tc.tl.Intervals(tok.Pod, tok.ClientID))
+		klog.InfoS("VIOLATION", "rule", v.Rule, "detail", v.Detail)
+		tc.rep.Violations = append(tc.rep.Violations, *v)
+	}
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	tc.maxHeap = max(tc.maxHeap, ms.HeapInuse)
@@ -123,7 +149,7 @@ func (tc *tokenChecker) loop(ctx context.Context) {
 			return
 		case <-time.After(time.Second):
 		}
-		tc.drain()
+		tc.drain(ctx, false)
 	}
 }
 
@@ -173,7 +199,7 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 	}
 	rep := &chaos.Report{Seed: o.seed, Started: time.Now(), Duration: chaos.Duration(o.duration), Intensity: o.intensity,
 		Grace: chaos.Duration(o.grace), Settle: chaos.Duration(o.settle), Faults: faults, FaultsByKind: chaos.CountByKind(faults)}
-	tc := &tokenChecker{sb: sb, tl: w.tl, grace: o.grace, fedID: fed.ClientID, rep: rep, lastToken: map[types.NamespacedName]time.Time{}}
+	tc := &tokenChecker{sb: sb, w: w, tl: w.tl, grace: o.grace, fedID: fed.ClientID, rep: rep, lastToken: map[types.NamespacedName]time.Time{}}
 	checkCtx, stopCheck := context.WithCancel(ctx)
 	defer stopCheck()
 	go tc.loop(checkCtx)
@@ -224,7 +250,7 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 
 // finalChecks fills the end-of-run part of the report.
 func finalChecks(ctx context.Context, o options, sb *sandbox.Sandbox, w *watcher, tc *tokenChecker, wl *workload, inj *injector, untouched map[string]chaos.Set) error {
-	tc.drain()
+	tc.drain(ctx, true)
 	rep := tc.rep
 	world, since := w.snapshot()
 	have, err := vmIdentities(sb)

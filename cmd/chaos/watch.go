@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -36,14 +38,19 @@ type watcher struct {
 	runningSince map[types.NamespacedName]time.Time
 	tl           *chaos.Timeline
 	dyn          dynamic.Interface
+	kc           kubernetes.Interface
+	// resourceVersions of what the watch has seen, to tell whether it is current.
+	podRV, bindingRV, identityRV map[types.NamespacedName]string
 }
 
 func newWatcher(dyn dynamic.Interface) *watcher {
-	return &watcher{world: chaos.NewWorld(false), runningSince: map[types.NamespacedName]time.Time{}, tl: chaos.NewTimeline(), dyn: dyn}
+	return &watcher{world: chaos.NewWorld(false), runningSince: map[types.NamespacedName]time.Time{}, tl: chaos.NewTimeline(), dyn: dyn,
+		podRV: map[types.NamespacedName]string{}, bindingRV: map[types.NamespacedName]string{}, identityRV: map[types.NamespacedName]string{}}
 }
 
 // start runs the informers and returns once their caches are synced.
 func (w *watcher) start(ctx context.Context, kc kubernetes.Interface) error {
+	w.kc = kc
 	kf := informers.NewSharedInformerFactory(kc, 0)
 	pods := kf.Core().V1().Pods().Informer()
 	if _, err := pods.AddEventHandler(w.handler(w.setPod)); err != nil {
@@ -96,8 +103,10 @@ func (w *watcher) setPod(obj any, deleted bool) {
 	if deleted {
 		delete(w.world.Pods, k)
 		delete(w.runningSince, k)
+		delete(w.podRV, k)
 		return
 	}
+	w.podRV[k] = p.ResourceVersion
 	sa := p.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
@@ -152,8 +161,10 @@ func (w *watcher) setIdentity(obj any, deleted bool) {
 	}
 	if deleted {
 		delete(w.world.Identities, key(u))
+		delete(w.identityRV, key(u))
 		return
 	}
+	w.identityRV[key(u)] = u.GetResourceVersion()
 	_, fed, _ := unstructured.NestedFieldNoCopy(u.Object, "spec", "federation")
 	w.world.Identities[key(u)] = chaos.Identity{Key: key(u), ClientID: str(u, "spec", "clientID"), ResourceID: str(u, "spec", "resourceID"),
 		Namespaced: u.GetAnnotations()["aadpodidentity.k8s.io/Behavior"] == "namespaced", Federated: fed,
@@ -167,11 +178,55 @@ func (w *watcher) setBinding(obj any, deleted bool) {
 	}
 	if deleted {
 		delete(w.world.Bindings, key(u))
+		delete(w.bindingRV, key(u))
 		return
 	}
+	w.bindingRV[key(u)] = u.GetResourceVersion()
 	w.world.Bindings[key(u)] = chaos.Binding{Key: key(u), Identity: str(u, "spec", "azureIdentity"),
 		Selector: str(u, "spec", "selector"), ServiceAccount: str(u, "spec", "serviceAccountName"),
 		Changed: changed(u.GetCreationTimestamp(), u.GetManagedFields(), "")}
+}
+
+// current reports whether the watch's view of the pod, the bindings and the identities matches
+// a fresh read from the apiserver (same resourceVersions); why says what differs.
+func (w *watcher) current(ctx context.Context, pod types.NamespacedName) (bool, string) {
+	live := ""
+	p, err := w.kc.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+	switch {
+	case err == nil:
+		live = p.ResourceVersion
+	case !apierrors.IsNotFound(err):
+		return false, fmt.Sprintf("reading pod %s: %v", pod, err)
+	}
+	lists := map[string]map[types.NamespacedName]string{}
+	for name, gvr := range map[string]schema.GroupVersionResource{"bindings": bindingGVR, "identities": identityGVR} {
+		l, err := w.dyn.Resource(gvr).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, fmt.Sprintf("listing %s: %v", name, err)
+		}
+		m := map[types.NamespacedName]string{}
+		for i := range l.Items {
+			m[key(&l.Items[i])] = l.Items[i].GetResourceVersion()
+		}
+		lists[name] = m
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.podRV[pod] != live {
+		return false, fmt.Sprintf("pod %s: watch has resourceVersion %q, apiserver %q", pod, w.podRV[pod], live)
+	}
+	if !maps.Equal(lists["bindings"], w.bindingRV) || !maps.Equal(lists["identities"], w.identityRV) {
+		return false, "the bindings or identities differ from the apiserver's"
+	}
+	return true, ""
+}
+
+// pod is the checker's current view of one pod.
+func (w *watcher) pod(k types.NamespacedName) (chaos.Pod, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p, ok := w.world.Pods[k]
+	return p, ok
 }
 
 // snapshot copies the world (and when each pod started running) for the final checks.
