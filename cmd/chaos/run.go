@@ -243,9 +243,13 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 	case <-time.After(o.tokenBound):
 	}
 	rep.ARMPerMinQuiet = float64(armCalls(sb)-armIdle) / o.tokenBound.Minutes()
-	err = finalChecks(ctx, o, sb, w, tc, wl, inj, untouched)
+	if err := finalChecks(ctx, o, sb, w, tc, wl, inj, untouched); err != nil {
+		// An unreachable cluster at the end is a finding too: report it instead of nothing.
+		rep.Stuck = append(rep.Stuck, chaos.Violation{Rule: chaos.RuleStuck, Detail: "the final checks could not run: " + err.Error()})
+		rep.Finish()
+	}
 	rep.Memory = mem.series()
-	return rep, err
+	return rep, nil
 }
 
 // finalChecks fills the end-of-run part of the report.

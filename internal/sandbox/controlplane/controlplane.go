@@ -290,9 +290,9 @@ func (cp *ControlPlane) RestartAPIServer(ctx context.Context, timeout time.Durat
 	if err != nil {
 		return err
 	}
-	if err := p.Stop(10 * time.Second); err != nil {
-		return err
-	}
+	// Open watches can hold a graceful shutdown past the grace: it is then killed, which is a
+	// restart too.
+	_ = p.Stop(10 * time.Second)
 	np, err := proc.Start(p.Spec)
 	if err != nil {
 		return fmt.Errorf("restarting kube-apiserver: %w", err)
