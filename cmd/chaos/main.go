@@ -24,6 +24,7 @@ import (
 
 	"github.com/podidentity/podidentity/internal/chaos"
 	"github.com/podidentity/podidentity/internal/logging"
+	"github.com/podidentity/podidentity/internal/version"
 )
 
 // options are the harness's flags.
@@ -73,11 +74,15 @@ func run(args []string) (int, error) {
 	fs := pflag.NewFlagSet("chaos", pflag.ContinueOnError)
 	o.addFlags(fs)
 	verbosity := fs.IntP("v", "v", 0, "Log verbosity of the harness and the sandbox on stderr.")
+	showVersion := fs.Bool("version", false, "Print the version, commit and build date, then exit.")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0, nil
 		}
 		return 0, err
+	}
+	if version.PrintIfRequested(*showVersion, "chaos", os.Stdout) {
+		return 0, nil
 	}
 	if err := o.validate(); err != nil {
 		return 0, err
