@@ -65,10 +65,7 @@ func (s *Server) checkFederation(id *aadv1.AzureIdentity) error {
 // podRunning prefetches, for a pod that has just become Running, the tokens of every federated
 // identity bound to it (no assignment to wait for), so that its first request is a cache hit.
 func (s *Server) podRunning(pod *podInfo) {
-	st := s.store
-	st.mu.RLock()
-	bound, _ := st.grantsLocked(pod, s.rules())
-	st.mu.RUnlock()
+	bound, _ := s.store.grants(pod, s.rules())
 	for _, g := range bound {
 		if !g.id.Spec.IsFederated() || s.checkPolicy(g.id) != nil {
 			continue

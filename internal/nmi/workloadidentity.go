@@ -64,6 +64,13 @@ func (s *Store) DeleteServiceAccount(namespace, name string) {
 	s.mu.Unlock()
 }
 
+// grants is grantsLocked under the store's read lock.
+func (s *Store) grants(p *podInfo, opts bindingRules) ([]grant, []*aadv1.AzureIdentityBinding) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.grantsLocked(p, opts)
+}
+
 // grantsLocked is boundIdentitiesLocked plus, with honorWorkloadIdentity and no binding selecting the pod
 // at all, the implicit identity of its ServiceAccount.
 func (s *Store) grantsLocked(p *podInfo, opts bindingRules) ([]grant, []*aadv1.AzureIdentityBinding) {
