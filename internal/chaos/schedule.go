@@ -35,37 +35,80 @@ const (
 	EtcdPause FaultKind = "etcd-pause"
 	// APIServerRestart restarts kube-apiserver (SIGTERM, then the same flags and port).
 	APIServerRestart FaultKind = "kube-apiserver-restart"
+	// ARMSlow delays every VM/VMSS write by the fault's Latency for the window.
+	ARMSlow FaultKind = "arm-slow-patch"
+	// ARMLROFailed accepts VM/VMSS writes but ends their long-running operations Failed.
+	ARMLROFailed FaultKind = "arm-lro-failed"
+	// IMDSNotFound makes one node's IMDS answer "Identity not found" for one assigned identity,
+	// as IMDS does before an assignment has propagated.
+	IMDSNotFound FaultKind = "imds-identity-not-found"
+	// AADSlow delays every Azure AD token request by the fault's Latency for the window.
+	AADSlow FaultKind = "aad-slow"
+	// NodeDelete deletes one Node and stops its agent and NMI (a VMSS instance deleted), then
+	// registers it again and starts both after the window.
+	NodeDelete FaultKind = "node-delete-readd"
+	// IdentityRecreate deletes one user-assigned identity through ARM, re-creates it after the
+	// window (new client and principal IDs) and repairs as an operator would.
+	IdentityRecreate FaultKind = "identity-delete-recreate"
 )
 
 // AllKinds lists every fault kind, in a fixed order (the schedule's draws depend on it).
-var AllKinds = []FaultKind{MICKill, MICStop, NMIKill, NMIRestart, ARMThrottle, ARM5xx, AAD5xx, EtcdPause, APIServerRestart}
+var AllKinds = []FaultKind{MICKill, MICStop, NMIKill, NMIRestart, ARMThrottle, ARM5xx, AAD5xx, EtcdPause, APIServerRestart,
+	ARMSlow, ARMLROFailed, IMDSNotFound, AADSlow, NodeDelete, IdentityRecreate}
 
-// Emulated reports whether the fault is an emulator window (ending one clears the emulator's
-// faults).
-func (k FaultKind) Emulated() bool { return k == ARMThrottle || k == ARM5xx || k == AAD5xx }
+// Emulated reports whether the fault is an emulator fault window (ending one clears the
+// emulator's faults).
+func (k FaultKind) Emulated() bool {
+	switch k {
+	case ARMThrottle, ARM5xx, AAD5xx, ARMSlow, ARMLROFailed, IMDSNotFound, AADSlow:
+		return true
+	}
+	return false
+}
 
 // Exclusive reports whether the fault lasts a window that no other exclusive fault may overlap:
-// emulator windows (ending one clears them all) and control-plane faults (one process at a time).
-func (k FaultKind) Exclusive() bool { return k.Emulated() || k == EtcdPause || k == APIServerRestart }
+// emulator windows (ending one clears them all), an identity deleted from Azure (the harness's
+// own ARM calls must not meet an injected fault) and control-plane faults (one process at a time).
+func (k FaultKind) Exclusive() bool {
+	return k.Emulated() || k == IdentityRecreate || k == EtcdPause || k == APIServerRestart
+}
+
+// OnNode reports whether the fault picks a node (Target modulo the node count).
+func (k FaultKind) OnNode() bool {
+	return k == NMIKill || k == NMIRestart || k == IMDSNotFound || k == NodeDelete
+}
+
+// OnIdentity reports whether the fault picks a standard identity (Target modulo their count).
+func (k FaultKind) OnIdentity() bool { return k == IMDSNotFound || k == IdentityRecreate }
 
 // Fault is one scheduled fault.
 type Fault struct {
 	// At is the offset from the start of the fault phase.
 	At   time.Duration `json:"at"`
 	Kind FaultKind     `json:"kind"`
-	// Target picks the node (NMI faults) by index modulo the node count.
+	// Target picks the node (OnNode) by index modulo the node count and the identity
+	// (OnIdentity) modulo the identity count.
 	Target int `json:"target,omitempty"`
-	// For is how long an emulator window lasts (0 for process faults).
+	// For is how long a window lasts (0 for process faults): an emulator window, the time a
+	// node or an identity stays deleted.
 	For time.Duration `json:"for,omitempty"`
+	// Latency is the delay of each call in a slow window (ARMSlow, AADSlow).
+	Latency time.Duration `json:"latency,omitempty"`
 }
 
 func (f Fault) String() string {
 	s := fmt.Sprintf("+%s %s", f.At.Round(100*time.Millisecond), f.Kind)
-	if f.Kind == NMIKill || f.Kind == NMIRestart {
+	if f.Kind.OnNode() {
 		s += fmt.Sprintf(" node#%d", f.Target)
+	}
+	if f.Kind.OnIdentity() {
+		s += fmt.Sprintf(" identity#%d", f.Target)
 	}
 	if f.For > 0 {
 		s += " for " + f.For.String()
+	}
+	if f.Latency > 0 {
+		s += " latency " + f.Latency.String()
 	}
 	return s
 }
@@ -83,8 +126,8 @@ func (e *ScheduleError) Error() string { return "chaos schedule: " + e.Reason }
 
 // NewSchedule draws the faults of a run of length d at intensity faults per minute from seed.
 // The same arguments give the same schedule. Faults start after a quiet first tenth of d and
-// none starts in the last fifth, so the settle phase follows a calm stretch; exclusive windows
-// (Exclusive) never overlap.
+// every window has ended before the last fifth, so the settle phase follows a calm stretch;
+// exclusive windows (Exclusive) never overlap, and neither do two node deletions.
 func NewSchedule(seed uint64, d time.Duration, intensity float64) ([]Fault, error) {
 	if d < 10*time.Second {
 		return nil, &ScheduleError{Reason: fmt.Sprintf("duration %s is too short: give at least 10s", d)}
@@ -99,36 +142,73 @@ func NewSchedule(seed uint64, d time.Duration, intensity float64) ([]Fault, erro
 		n = 1
 	}
 	var out []Fault
-	var emuFree time.Duration // when the last exclusive window ends
 	for i := 0; i < n; i++ {
 		f := Fault{At: start + time.Duration(r.Int64N(int64(end-start))), Kind: AllKinds[r.IntN(len(AllKinds))], Target: r.IntN(1 << 16)}
-		switch {
-		case f.Kind.Emulated():
-			f.For = time.Duration(2+r.IntN(7)) * time.Second
-		case f.Kind == EtcdPause:
-			f.For = time.Duration(1+r.IntN(4)) * time.Second
-		case f.Kind == APIServerRestart:
-			f.For = 5 * time.Second // the slot kept free while it restarts
-		}
+		drawWindow(r, &f)
 		out = append(out, f)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].At < out[j].At })
-	// Exclusive windows that would overlap an earlier one move to its end (or are dropped past end).
+	// Windows that would overlap an earlier one of their track move to its end; a window that
+	// would not end before the last fifth is shortened to its kind's minimum or dropped.
+	var emuFree, nodeFree time.Duration // when the last exclusive / node window ends
 	kept := out[:0]
 	for _, f := range out {
-		if f.Kind.Exclusive() {
-			if f.At < emuFree {
-				f.At = emuFree
-			}
-			if f.At >= end {
+		free := (*time.Duration)(nil)
+		switch {
+		case f.Kind.Exclusive():
+			free = &emuFree
+		case f.Kind == NodeDelete:
+			free = &nodeFree
+		}
+		if free != nil && f.At < *free {
+			f.At = *free
+		}
+		if f.At >= end {
+			continue
+		}
+		if f.At+f.For > end {
+			if f.For = end - f.At; f.For < minWindow[f.Kind] {
 				continue
 			}
-			emuFree = f.At + f.For + time.Second
+		}
+		if free != nil {
+			*free = f.At + f.For + time.Second
 		}
 		kept = append(kept, f)
 	}
 	sort.SliceStable(kept, func(i, j int) bool { return kept[i].At < kept[j].At })
 	return kept, nil
+}
+
+// minWindow is the shortest window worth injecting per kind (a window cut at the end of the
+// fault phase is dropped when shorter).
+var minWindow = map[FaultKind]time.Duration{NodeDelete: 15 * time.Second, IdentityRecreate: 3 * time.Second, ARMSlow: 5 * time.Second}
+
+// drawWindow draws f's window and latency. NodeDelete windows span both sides of PodGC's
+// orphan quarantine (40 s, checked every 20 s, so pods of a deleted node are deleted 40-80 s
+// after it): shorter ones re-add the node before its pods go, longer ones after.
+func drawWindow(r *rand.Rand, f *Fault) {
+	sec := func(lo, hi int) time.Duration { return time.Duration(lo+r.IntN(hi-lo+1)) * time.Second }
+	switch f.Kind {
+	case ARMSlow:
+		f.For, f.Latency = sec(8, 20), sec(5, 15)
+	case AADSlow:
+		f.For, f.Latency = sec(5, 12), sec(2, 8)
+	case IMDSNotFound:
+		f.For = sec(3, 10)
+	case NodeDelete:
+		f.For = sec(15, 100)
+	case IdentityRecreate:
+		f.For = sec(5, 15)
+	case EtcdPause:
+		f.For = sec(1, 4)
+	case APIServerRestart:
+		f.For = 5 * time.Second // the slot kept free while it restarts
+	default:
+		if f.Kind.Emulated() {
+			f.For = sec(2, 8)
+		}
+	}
 }
 
 // CountByKind counts faults per kind.
