@@ -189,7 +189,7 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 	if err != nil {
 		return nil, err
 	}
-	wl := newWorkload(sb, crc, o.seed)
+	wl := newWorkload(sb, crc, w, o.seed)
 	if err := wl.setup(ctx); err != nil {
 		return nil, err
 	}

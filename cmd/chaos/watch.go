@@ -31,7 +31,8 @@ var (
 	aaiGVR      = schema.GroupVersionResource{Group: "aadpodidentity.k8s.io", Version: "v1", Resource: "azureassignedidentities"}
 )
 
-// watcher keeps the checker's world and its binding timeline up to date from watches.
+// watcher keeps the checker's world and its binding timeline up to date from watches and from
+// the answers to the workload's writes (wrote, deleted), merged by resourceVersion (chaos.World).
 type watcher struct {
 	mu           sync.Mutex
 	world        *chaos.World
@@ -39,13 +40,10 @@ type watcher struct {
 	tl           *chaos.Timeline
 	dyn          dynamic.Interface
 	kc           kubernetes.Interface
-	// resourceVersions of what the watch has seen, to tell whether it is current.
-	podRV, bindingRV, identityRV map[types.NamespacedName]string
 }
 
 func newWatcher(dyn dynamic.Interface) *watcher {
-	return &watcher{world: chaos.NewWorld(false), runningSince: map[types.NamespacedName]time.Time{}, tl: chaos.NewTimeline(), dyn: dyn,
-		podRV: map[types.NamespacedName]string{}, bindingRV: map[types.NamespacedName]string{}, identityRV: map[types.NamespacedName]string{}}
+	return &watcher{world: chaos.NewWorld(false), runningSince: map[types.NamespacedName]time.Time{}, tl: chaos.NewTimeline(), dyn: dyn}
 }
 
 // start runs the informers and returns once their caches are synced.
@@ -57,7 +55,7 @@ func (w *watcher) start(ctx context.Context, kc kubernetes.Interface) error {
 		return err
 	}
 	df := dynamicinformer.NewDynamicSharedInformerFactory(w.dyn, 0)
-	for gvr, set := range map[schema.GroupVersionResource]func(any, bool){identityGVR: w.setIdentity, bindingGVR: w.setBinding} {
+	for gvr, set := range map[schema.GroupVersionResource]func(any, bool) bool{identityGVR: w.setIdentity, bindingGVR: w.setBinding} {
 		if _, err := df.ForResource(gvr).Informer().AddEventHandler(w.handler(set)); err != nil {
 			return err
 		}
@@ -77,14 +75,15 @@ func (w *watcher) start(ctx context.Context, kc kubernetes.Interface) error {
 	return nil
 }
 
-func (w *watcher) handler(set func(obj any, deleted bool)) cache.ResourceEventHandlerFuncs {
+func (w *watcher) handler(set func(obj any, deleted bool) bool) cache.ResourceEventHandlerFuncs {
 	apply := func(obj any, deleted bool) {
 		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
 			obj, deleted = t.Obj, true
 		}
 		w.mu.Lock()
-		set(obj, deleted)
-		w.tl.Observe(time.Now(), w.world)
+		if set(obj, deleted) {
+			w.tl.Observe(time.Now(), w.world)
+		}
 		w.mu.Unlock()
 	}
 	return cache.ResourceEventHandlerFuncs{
@@ -94,25 +93,34 @@ func (w *watcher) handler(set func(obj any, deleted bool)) cache.ResourceEventHa
 	}
 }
 
-func (w *watcher) setPod(obj any, deleted bool) {
+// setPod applies a pod's state (from the watch or a write's answer) to the world; it reports
+// whether the world changed.
+func (w *watcher) setPod(obj any, deleted bool) bool {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
-		return
+		return false
 	}
+	cp := podFromObject(p)
+	if !w.world.ApplyPod(cp, chaos.ParseRV(p.ResourceVersion), deleted) {
+		return false
+	}
+	if _, ok := w.runningSince[cp.Key]; cp.Running && !deleted && !ok {
+		w.runningSince[cp.Key] = time.Now()
+	} else if !cp.Running || deleted {
+		delete(w.runningSince, cp.Key)
+	}
+	return true
+}
+
+// podFromObject is the checker's reading of a pod.
+func podFromObject(p *corev1.Pod) chaos.Pod {
 	k := types.NamespacedName{Namespace: p.Namespace, Name: p.Name}
-	if deleted {
-		delete(w.world.Pods, k)
-		delete(w.runningSince, k)
-		delete(w.podRV, k)
-		return
-	}
-	w.podRV[k] = p.ResourceVersion
 	sa := p.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
 	}
-	running := p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil
 	// A terminating pod stays bound until it is gone: its containers may still ask for tokens.
+	running := p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil
 	var requested string
 	for _, c := range p.Spec.Containers {
 		for _, e := range c.Env {
@@ -121,13 +129,8 @@ func (w *watcher) setPod(obj any, deleted bool) {
 			}
 		}
 	}
-	w.world.Pods[k] = chaos.Pod{Key: k, Selector: p.Labels[chaos.PodLabel], ServiceAccount: sa, Node: p.Spec.NodeName, Running: running,
+	return chaos.Pod{Key: k, Selector: p.Labels[chaos.PodLabel], ServiceAccount: sa, Node: p.Spec.NodeName, Running: running,
 		Requested: requested, Changed: changed(p.CreationTimestamp, p.ManagedFields, `"f:labels"`)}
-	if _, ok := w.runningSince[k]; running && !ok {
-		w.runningSince[k] = time.Now()
-	} else if !running {
-		delete(w.runningSince, k)
-	}
 }
 
 // changed is the apiserver's latest record of a change: the creation time, or a later
@@ -154,68 +157,58 @@ func str(u *unstructured.Unstructured, path ...string) string {
 	return s
 }
 
-func (w *watcher) setIdentity(obj any, deleted bool) {
+func (w *watcher) setIdentity(obj any, deleted bool) bool {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
-		return
+		return false
 	}
-	if deleted {
-		delete(w.world.Identities, key(u))
-		delete(w.identityRV, key(u))
-		return
-	}
-	w.identityRV[key(u)] = u.GetResourceVersion()
 	_, fed, _ := unstructured.NestedFieldNoCopy(u.Object, "spec", "federation")
-	w.world.Identities[key(u)] = chaos.Identity{Key: key(u), ClientID: str(u, "spec", "clientID"), ResourceID: str(u, "spec", "resourceID"),
+	id := chaos.Identity{Key: key(u), ClientID: str(u, "spec", "clientID"), ResourceID: str(u, "spec", "resourceID"),
 		Namespaced: u.GetAnnotations()["aadpodidentity.k8s.io/Behavior"] == "namespaced", Federated: fed,
 		Changed: changed(u.GetCreationTimestamp(), u.GetManagedFields(), "")}
+	return w.world.ApplyIdentity(id, chaos.ParseRV(u.GetResourceVersion()), deleted)
 }
 
-func (w *watcher) setBinding(obj any, deleted bool) {
+func (w *watcher) setBinding(obj any, deleted bool) bool {
 	u, ok := obj.(*unstructured.Unstructured)
 	if !ok {
-		return
+		return false
 	}
-	if deleted {
-		delete(w.world.Bindings, key(u))
-		delete(w.bindingRV, key(u))
-		return
-	}
-	w.bindingRV[key(u)] = u.GetResourceVersion()
-	w.world.Bindings[key(u)] = chaos.Binding{Key: key(u), Identity: str(u, "spec", "azureIdentity"),
+	b := chaos.Binding{Key: key(u), Identity: str(u, "spec", "azureIdentity"),
 		Selector: str(u, "spec", "selector"), ServiceAccount: str(u, "spec", "serviceAccountName"),
 		Changed: changed(u.GetCreationTimestamp(), u.GetManagedFields(), "")}
+	return w.world.ApplyBinding(b, chaos.ParseRV(u.GetResourceVersion()), deleted)
 }
 
-// current reports whether the watch's view of the pod, the bindings and the identities matches
+// current reports whether the checker's view of the pod, the bindings and the identities matches
 // a fresh read from the apiserver (same resourceVersions); why says what differs.
 func (w *watcher) current(ctx context.Context, pod types.NamespacedName) (bool, string) {
-	live := ""
+	live, exists := int64(0), false
 	p, err := w.kc.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 	switch {
 	case err == nil:
-		live = p.ResourceVersion
+		live, exists = chaos.ParseRV(p.ResourceVersion), true
 	case !apierrors.IsNotFound(err):
 		return false, fmt.Sprintf("reading pod %s: %v", pod, err)
 	}
-	lists := map[string]map[types.NamespacedName]string{}
-	for name, gvr := range map[string]schema.GroupVersionResource{"bindings": bindingGVR, "identities": identityGVR} {
+	lists := map[chaos.Kind]map[types.NamespacedName]int64{}
+	for kind, gvr := range map[chaos.Kind]schema.GroupVersionResource{chaos.KindBinding: bindingGVR, chaos.KindIdentity: identityGVR} {
 		l, err := w.dyn.Resource(gvr).List(ctx, metav1.ListOptions{})
 		if err != nil {
-			return false, fmt.Sprintf("listing %s: %v", name, err)
+			return false, fmt.Sprintf("listing %s: %v", gvr.Resource, err)
 		}
-		m := map[types.NamespacedName]string{}
+		m := map[types.NamespacedName]int64{}
 		for i := range l.Items {
-			m[key(&l.Items[i])] = l.Items[i].GetResourceVersion()
+			m[key(&l.Items[i])] = chaos.ParseRV(l.Items[i].GetResourceVersion())
 		}
-		lists[name] = m
+		lists[kind] = m
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.podRV[pod] != live {
-		return false, fmt.Sprintf("pod %s: watch has resourceVersion %q, apiserver %q", pod, w.podRV[pod], live)
+	if have, ok := w.world.Versions(chaos.KindPod)[pod]; ok != exists || have != live {
+		return false, fmt.Sprintf("pod %s: checker has resourceVersion %d (exists %t), apiserver %d (exists %t)", pod, have, ok, live, exists)
 	}
-	if !maps.Equal(lists["bindings"], w.bindingRV) || !maps.Equal(lists["identities"], w.identityRV) {
+	if !maps.Equal(lists[chaos.KindBinding], w.world.Versions(chaos.KindBinding)) || !maps.Equal(lists[chaos.KindIdentity], w.world.Versions(chaos.KindIdentity)) {
 		return false, "the bindings or identities differ from the apiserver's"
 	}
 	return true, ""

@@ -43,7 +43,8 @@ func chaosWorld(c *emulator.Config) {
 // workload churns pods, labels, Deployments and bindings from its own random stream.
 type workload struct {
 	sb       *sandbox.Sandbox
-	c        client.Client
+	c        client.Client // reads
+	wr       *writer       // writes, fed to the checker
 	rnd      *rand.Rand
 	bindings map[string]*aadv1.AzureIdentityBinding // by namespace/name, the full set it toggles
 	clientID []string                               // client IDs pods may name in AZURE_CLIENT_ID
@@ -53,8 +54,8 @@ type workload struct {
 	actions map[string]int
 }
 
-func newWorkload(sb *sandbox.Sandbox, c client.Client, seed uint64) *workload {
-	return &workload{sb: sb, c: c, rnd: rand.New(rand.NewPCG(seed+1, seed^0x5bd1e995)), bindings: map[string]*aadv1.AzureIdentityBinding{}, actions: map[string]int{}}
+func newWorkload(sb *sandbox.Sandbox, c client.Client, w *watcher, seed uint64) *workload {
+	return &workload{sb: sb, c: c, wr: &writer{c: c, w: w}, rnd: rand.New(rand.NewPCG(seed+1, seed^0x5bd1e995)), bindings: map[string]*aadv1.AzureIdentityBinding{}, actions: map[string]int{}}
 }
 
 func (w *workload) count(action string) {
@@ -137,7 +138,7 @@ func (w *workload) setup(ctx context.Context) error {
 }
 
 func (w *workload) create(ctx context.Context, o client.Object) error {
-	if err := w.c.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
+	if err := w.wr.Create(ctx, o); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating %T %s/%s: %w", o, o.GetNamespace(), o.GetName(), err)
 	}
 	return nil
@@ -198,7 +199,7 @@ func (w *workload) step(ctx context.Context) (string, error) {
 			return "scale", err
 		}
 		dep.Spec.Replicas = ptr.To(int32(w.rnd.IntN(4)))
-		return "scale", w.c.Update(ctx, &dep)
+		return "scale", w.wr.Update(ctx, &dep)
 	case n < 5:
 		pods, err := w.pods(ctx, true)
 		if err != nil || len(pods) >= maxBarePods {
@@ -219,14 +220,14 @@ func (w *workload) step(ctx context.Context) (string, error) {
 			labels[aadv1.PodLabelKey] = sel
 		}
 		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "bare-" + strconv.Itoa(w.seq), Labels: labels}, Spec: podSpec(sa, cid)}
-		return "pod-create", w.c.Create(ctx, p)
+		return "pod-create", w.wr.Create(ctx, p)
 	case n < 7:
 		pods, err := w.pods(ctx, false)
 		if err != nil || len(pods) == 0 {
 			return "pod-delete", err
 		}
 		p := pods[w.rnd.IntN(len(pods))]
-		return "pod-delete", client.IgnoreNotFound(w.c.Delete(ctx, &p))
+		return "pod-delete", client.IgnoreNotFound(w.wr.Delete(ctx, &p))
 	case n < 10:
 		pods, err := w.pods(ctx, false)
 		if err != nil || len(pods) == 0 {
@@ -239,19 +240,19 @@ func (w *workload) step(ctx context.Context) (string, error) {
 		} else {
 			delete(p.Labels, aadv1.PodLabelKey)
 		}
-		return "relabel", client.IgnoreNotFound(w.c.Patch(ctx, &p, patch))
+		return "relabel", client.IgnoreNotFound(w.wr.Patch(ctx, &p, patch))
 	default:
 		keys := []string{nsA + "/bind-a", nsA + "/bind-ns", nsA + "/bind-fed", nsB + "/bind-b"}
 		b := w.bindings[keys[w.rnd.IntN(len(keys))]]
 		var have aadv1.AzureIdentityBinding
 		err := w.c.Get(ctx, client.ObjectKeyFromObject(b), &have)
 		if apierrors.IsNotFound(err) {
-			return "binding-create", w.c.Create(ctx, b.DeepCopy())
+			return "binding-create", w.wr.Create(ctx, b.DeepCopy())
 		}
 		if err != nil {
 			return "binding-delete", err
 		}
-		return "binding-delete", client.IgnoreNotFound(w.c.Delete(ctx, &have))
+		return "binding-delete", client.IgnoreNotFound(w.wr.Delete(ctx, &have))
 	}
 }
 

@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,17 +53,125 @@ type Identity struct {
 }
 
 // World is the checker's current view of the cluster's pods, bindings and identities.
+//
+// It has two sources: the checker's watch, and the answers to the workload's own writes (the
+// workload is the only writer of labels, bindings and identities). The watch can lag tens of
+// seconds after an apiserver restart and a relist compresses history (a binding deleted and
+// re-created, a pod relabelled and back, are then never seen); the write answers fill that in.
+// The two are merged per object by resourceVersion, so an older watch event never overwrites a
+// newer write. Apply* set the maps; setting them directly (unit tests) bypasses the merge.
 type World struct {
 	ForceNamespaced bool
 	Pods            map[types.NamespacedName]Pod
 	Bindings        map[types.NamespacedName]Binding
 	Identities      map[types.NamespacedName]Identity
+	versions        map[ObjectRef]objVersion
+}
+
+// Kind is the kind of object the world tracks.
+type Kind int
+
+// Kinds of tracked objects.
+const (
+	KindPod Kind = iota
+	KindBinding
+	KindIdentity
+)
+
+// ObjectRef names one tracked object.
+type ObjectRef struct {
+	Kind Kind
+	Key  types.NamespacedName
+}
+
+// objVersion is the newest state applied for an object; a deletion keeps its resourceVersion
+// (a tombstone) so that an older event cannot bring the object back.
+type objVersion struct {
+	rv      int64
+	deleted bool
+}
+
+// ParseRV reads a resourceVersion as an integer. Kubernetes says resourceVersions are opaque;
+// comparing them as integers is acceptable for this test tool only, because its apiserver is
+// backed by etcd, whose revisions grow monotonically. 0 means unreadable.
+func ParseRV(s string) int64 {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // NewWorld returns an empty world.
 func NewWorld(forceNamespaced bool) *World {
 	return &World{ForceNamespaced: forceNamespaced, Pods: map[types.NamespacedName]Pod{},
-		Bindings: map[types.NamespacedName]Binding{}, Identities: map[types.NamespacedName]Identity{}}
+		Bindings: map[types.NamespacedName]Binding{}, Identities: map[types.NamespacedName]Identity{}, versions: map[ObjectRef]objVersion{}}
+}
+
+// admit reports whether a state of ref at resourceVersion rv is newer than what the world holds,
+// and records it. A deletion at rv is admitted when nothing newer than rv was applied: a watch
+// that finds an object gone on relist reports its last known state (an older rv), which must not
+// undo a newer write. An unreadable rv (0) is always admitted.
+func (w *World) admit(ref ObjectRef, rv int64, deleted bool) bool {
+	if have, ok := w.versions[ref]; ok && rv != 0 {
+		if rv < have.rv || (rv == have.rv && (!deleted || have.deleted)) {
+			return false
+		}
+	}
+	w.versions[ref] = objVersion{rv: rv, deleted: deleted}
+	return true
+}
+
+// ApplyPod records a state of a pod (or its deletion) at resourceVersion rv unless the world
+// already holds a newer one; it reports whether the world changed.
+func (w *World) ApplyPod(p Pod, rv int64, deleted bool) bool {
+	if !w.admit(ObjectRef{KindPod, p.Key}, rv, deleted) {
+		return false
+	}
+	if deleted {
+		delete(w.Pods, p.Key)
+	} else {
+		w.Pods[p.Key] = p
+	}
+	return true
+}
+
+// ApplyBinding is ApplyPod for a binding.
+func (w *World) ApplyBinding(b Binding, rv int64, deleted bool) bool {
+	if !w.admit(ObjectRef{KindBinding, b.Key}, rv, deleted) {
+		return false
+	}
+	if deleted {
+		delete(w.Bindings, b.Key)
+	} else {
+		w.Bindings[b.Key] = b
+	}
+	return true
+}
+
+// ApplyIdentity is ApplyPod for an identity.
+func (w *World) ApplyIdentity(id Identity, rv int64, deleted bool) bool {
+	if !w.admit(ObjectRef{KindIdentity, id.Key}, rv, deleted) {
+		return false
+	}
+	if deleted {
+		delete(w.Identities, id.Key)
+	} else {
+		w.Identities[id.Key] = id
+	}
+	return true
+}
+
+// Versions returns the resourceVersions of the existing objects of a kind (for comparing with
+// a fresh read).
+func (w *World) Versions(k Kind) map[types.NamespacedName]int64 {
+	out := map[types.NamespacedName]int64{}
+	for ref, v := range w.versions {
+		if ref.Kind == k && !v.deleted {
+			out[ref.Key] = v.rv
+		}
+	}
+	return out
 }
 
 func (w *World) matches(b Binding, id Identity, p Pod) bool {

@@ -1,0 +1,153 @@
+package chaos
+
+import (
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// The checker's two sources, as cmd/chaos feeds them: every applied change is observed at the
+// time it was applied (watch event or write answer).
+type feed struct {
+	w  *World
+	tl *Timeline
+	t0 time.Time
+}
+
+func newFeed() *feed {
+	w := testWorld()
+	// testWorld sets its maps directly; give its bindings and identities versions as a watch would.
+	for _, b := range w.Bindings {
+		w.ApplyBinding(b, 1, false)
+	}
+	for _, id := range w.Identities {
+		w.ApplyIdentity(id, 1, false)
+	}
+	return &feed{w: w, tl: NewTimeline(), t0: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+}
+
+func (f *feed) at(s int) time.Time { return f.t0.Add(time.Duration(s) * time.Second) }
+
+func (f *feed) pod(s int, p Pod, rv int64) bool {
+	if !f.w.ApplyPod(p, rv, false) {
+		return false
+	}
+	f.tl.Observe(f.at(s), f.w)
+	return true
+}
+
+func (f *feed) binding(s int, b Binding, rv int64, deleted bool) bool {
+	if !f.w.ApplyBinding(b, rv, deleted) {
+		return false
+	}
+	f.tl.Observe(f.at(s), f.w)
+	return true
+}
+
+func (f *feed) token(pk types.NamespacedName, s int) *Violation {
+	return f.tl.CheckToken(Token{Pod: pk, ClientID: "cid-1", Start: f.at(s), End: f.at(s)}, DefaultGrace)
+}
+
+var mergePod = types.NamespacedName{Namespace: "b", Name: "p"}
+
+// The relabel write is answered at +10s; the watch, blind after an apiserver restart, delivers
+// the same state at +40s. The interval opens at the write.
+func TestWriteSeenBeforeTheWatchOpensTheIntervalAtTheWrite(t *testing.T) {
+	f := newFeed()
+	f.pod(0, Pod{Key: mergePod, Selector: "none", Running: true, Changed: f.at(0)}, 100)
+	bound := Pod{Key: mergePod, Selector: "s1", Running: true, Changed: f.at(10)}
+	f.pod(10, bound, 110) // the write's answer
+	if f.pod(40, bound, 110) {
+		t.Error("the watch's copy of the written state was applied again")
+	}
+	iv := f.tl.Intervals(mergePod, "cid-1")
+	if len(iv) != 1 || !iv[0].From.Equal(f.at(10)) || !iv[0].To.IsZero() {
+		t.Fatalf("intervals %v, want one open from +10s", iv)
+	}
+	if v := f.token(mergePod, 15); v != nil {
+		t.Errorf("token 5s after the relabel write, before the watch saw it, flagged: %v", v)
+	}
+}
+
+// A pod relabelled to a bound selector and back while the watch is blind: a relist delivers
+// only the final state (compressed history), yet the interval of the writes is there.
+func TestBoundAndUnboundWhileTheWatchWasBlindKeepsTheInterval(t *testing.T) {
+	f := newFeed()
+	unbound := Pod{Key: mergePod, Selector: "none", Running: true, Changed: f.at(0)}
+	f.pod(0, unbound, 100)
+	f.pod(10, Pod{Key: mergePod, Selector: "s1", Running: true, Changed: f.at(10)}, 110) // write
+	back := Pod{Key: mergePod, Selector: "none", Running: true, Changed: f.at(30)}
+	f.pod(30, back, 120) // write
+	f.pod(50, back, 120) // the relist
+	iv := f.tl.Intervals(mergePod, "cid-1")
+	if len(iv) != 1 || !iv[0].From.Equal(f.at(10)) || !iv[0].To.Equal(f.at(30)) {
+		t.Fatalf("intervals %v, want [+10s, +30s]", iv)
+	}
+	if v := f.token(mergePod, 20); v != nil {
+		t.Errorf("token while bound by the writes flagged: %v", v)
+	}
+	if v := f.token(mergePod, 40); v == nil {
+		t.Error("token 10s after the relabel back not flagged")
+	}
+}
+
+// The 30-minute run's case: a binding deleted and re-created while the watch was blind. The
+// relist shows the new binding only (created at +49s); the pod was bound by the old one until its
+// deletion at +40s.
+func TestBindingRecreatedWhileTheWatchWasBlind(t *testing.T) {
+	f := newFeed()
+	f.pod(0, Pod{Key: mergePod, Selector: "s1", Running: true, Changed: f.at(0)}, 100)
+	old := f.w.Bindings[types.NamespacedName{Namespace: "a", Name: "b1"}]
+	f.binding(40, old, 1, true) // the delete write (precondition: the state read, rv 1)
+	recreated := old
+	recreated.Changed = f.at(49)
+	f.binding(49, recreated, 130, false) // the create write
+	f.binding(60, recreated, 130, false) // the relist
+	iv := f.tl.Intervals(mergePod, "cid-1")
+	if len(iv) != 2 || !iv[0].From.Equal(f.at(0)) || !iv[0].To.Equal(f.at(40)) || !iv[1].From.Equal(f.at(49)) {
+		t.Fatalf("intervals %v, want [0, +40s] and [+49s, open)", iv)
+	}
+	if v := f.token(mergePod, 30); v != nil {
+		t.Errorf("token under the old binding flagged: %v", v)
+	}
+	if v := f.token(mergePod, 45); v == nil {
+		t.Error("token between the delete and the re-create not flagged")
+	}
+}
+
+// Stale watch events (older resourceVersions than a write already applied) neither reopen nor
+// close an interval; a relist that finds an object gone (its last known state) does not undo a
+// newer write either.
+func TestStaleWatchEventAfterANewerWriteChangesNothing(t *testing.T) {
+	f := newFeed()
+	boundOld := Pod{Key: mergePod, Selector: "s1", Running: true, Changed: f.at(0)}
+	f.pod(0, boundOld, 100)
+	f.pod(10, Pod{Key: mergePod, Selector: "none", Running: true, Changed: f.at(10)}, 110) // unbinding write
+	if f.pod(20, boundOld, 100) {
+		t.Error("stale bound state (rv 100) applied after the write (rv 110)")
+	}
+	if v := f.token(mergePod, 25); v == nil {
+		t.Error("token 15s after the unbinding write not flagged: the stale event reopened the interval")
+	}
+	f.pod(30, Pod{Key: mergePod, Selector: "s1", Running: true, Changed: f.at(30)}, 120) // binding write
+	if f.pod(35, Pod{Key: mergePod, Selector: "none", Running: true, Changed: f.at(10)}, 110) {
+		t.Error("stale unbound state (rv 110) applied after the write (rv 120)")
+	}
+	if f.w.ApplyPod(Pod{Key: mergePod}, 110, true) {
+		t.Error("a relist's deletion of the last watched state (rv 110) undid the newer write (rv 120)")
+	}
+	if v := f.token(mergePod, 45); v != nil {
+		t.Errorf("token while bound by the newest write flagged: %v", v)
+	}
+	if iv := f.tl.Intervals(mergePod, "cid-1"); len(iv) != 2 {
+		t.Errorf("intervals %v, want two", iv)
+	}
+	// The real deletion (a newer resourceVersion) is applied; a stale event cannot bring it back.
+	if !f.w.ApplyPod(Pod{Key: mergePod}, 130, true) {
+		t.Error("the deletion at rv 130 was not applied")
+	}
+	if f.w.ApplyPod(boundOld, 120, false) || len(f.w.Pods) != 0 {
+		t.Error("a state older than the deletion brought the pod back")
+	}
+}
