@@ -257,7 +257,8 @@ func (ep *imdsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if f := e.faults.take(ServiceIMDS, op, ep.key); f != nil {
+	q := parseTokenQuery(r.URL.RawQuery)
+	if f := e.faults.take(ServiceIMDS, op, ep.key, q.clientID, q.objectID, q.resID); f != nil {
 		if f.Latency.Duration > 0 {
 			time.Sleep(f.Latency.Duration)
 		}
@@ -276,7 +277,6 @@ func (ep *imdsEndpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.serveInstanceMetadata(rec, ep.h)
 		return
 	}
-	q := parseTokenQuery(r.URL.RawQuery)
 	resource := q.resource
 	if resource == "" {
 		writeIMDSError(rec, &imdsErr{400, "invalid_request", "Required audience parameter not specified"})

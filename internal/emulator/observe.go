@@ -155,6 +155,10 @@ type Fault struct {
 	Operation string `json:"operation,omitempty"` // e.g. OpVMSSUpdate; empty matches every operation
 	// Resource restricts the fault to one ARM resource ID, tenant or IMDS host key (case-insensitive).
 	Resource string `json:"resource,omitempty"`
+	// Identity restricts an IMDS fault to token requests naming this identity by client ID,
+	// object ID or resource ID (case-insensitive): e.g. "Identity not found" for one identity
+	// while the host's others are served.
+	Identity string `json:"identity,omitempty"`
 	// Count is how many calls are affected; 0 means every call until ClearFaults.
 	Count int `json:"count,omitempty"`
 	// Status is the HTTP status to answer; 0 only adds Latency.
@@ -195,8 +199,9 @@ func (e *Emulator) ClearFaults() {
 	e.faults.mu.Unlock()
 }
 
-// take returns the first fault matching the call and consumes one use of it.
-func (fs *faultSet) take(service, op, resource string) *Fault {
+// take returns the first fault matching the call and consumes one use of it; idents are the
+// identities the call names (IMDS only), which a fault with Identity must be among.
+func (fs *faultSet) take(service, op, resource string, idents ...string) *Fault {
 	if fs.active.Load() == 0 {
 		return nil
 	}
@@ -204,7 +209,7 @@ func (fs *faultSet) take(service, op, resource string) *Fault {
 	defer fs.mu.Unlock()
 	for i, f := range fs.list {
 		if f.Service != service || (f.Operation != "" && !strings.EqualFold(f.Operation, op)) ||
-			(f.Resource != "" && !strings.EqualFold(f.Resource, resource)) {
+			(f.Resource != "" && !strings.EqualFold(f.Resource, resource)) || !namesIdentity(f.Identity, idents) {
 			continue
 		}
 		out := f.Fault
@@ -218,6 +223,18 @@ func (fs *faultSet) take(service, op, resource string) *Fault {
 		return &out
 	}
 	return nil
+}
+
+func namesIdentity(want string, idents []string) bool {
+	if want == "" {
+		return true
+	}
+	for _, id := range idents {
+		if id != "" && strings.EqualFold(id, want) {
+			return true
+		}
+	}
+	return false
 }
 
 // throttler keeps ARM token buckets per subscription, principal and kind.
