@@ -169,6 +169,7 @@ type Node struct {
 	NMI     *Component
 
 	agent *agent.Agent
+	life  nodeLife // nodes.go: the agent's run, DeleteNode/ReAddNode
 }
 
 // Sandbox is a running sandbox.
@@ -192,6 +193,7 @@ type Sandbox struct {
 	Started, Ready time.Time
 
 	prefix string
+	runCtx context.Context // what components and agents run under until Close
 	cp     *controlplane.ControlPlane
 	relays []*relay.Relay
 	cancel context.CancelFunc
@@ -260,7 +262,7 @@ func Start(ctx context.Context, o Options) (_ *Sandbox, err error) {
 	s.progress("run directory %s", dir)
 
 	runCtx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
+	s.cancel, s.runCtx = cancel, runCtx
 
 	// The podidentity binaries build while the control plane starts.
 	buildDone := make(chan error, 1)
@@ -492,13 +494,7 @@ func (s *Sandbox) startNodes(ctx, runCtx context.Context) error {
 			return err
 		}
 		n.agent = a
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			if err := a.Run(runCtx); err != nil {
-				s.log.Error(err, "node agent stopped", "node", spec.Name)
-			}
-		}()
+		s.runAgent(runCtx, n)
 	}
 	s.progress("%d nodes registered and Ready (node agents running; IMDS on %s inside each node)", len(specs), topology.MetadataIP)
 	return nil

@@ -106,6 +106,10 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{cfg: cfg, log: cfg.Log.WithValues("node", cfg.NodeName), pods: map[types.UID]*podRun{}}, nil
 }
 
+// Config returns the agent's configuration (the sandbox starts a fresh agent from it when a
+// deleted node is added again).
+func (a *Agent) Config() Config { return a.cfg }
+
 // Register creates (or refreshes) the Node and its Lease and marks it Ready.
 func (a *Agent) Register(ctx context.Context) error {
 	c := a.cfg.Client
