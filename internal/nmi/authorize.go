@@ -21,7 +21,10 @@ func (s *Server) isMIC(p *podInfo) bool {
 // tokenFor authorizes the request from current state, then answers from the cache or fetches.
 // The grant is returned with errors too, when one was chosen, so that refusals can be reported on
 // its bindings.
-func (s *Server) tokenFor(ctx context.Context, pod *podInfo, q *imdsreq.TokenQuery) (*cacheEntry, *grant, error) {
+//
+// view is the currency the request started with: a token is served without a fresh confirmation
+// only when the view stayed current throughout (confirmGrant).
+func (s *Server) tokenFor(ctx context.Context, view viewCheck, pod *podInfo, q *imdsreq.TokenQuery) (*cacheEntry, *grant, error) {
 	start := time.Now()
 	deadline := start.Add(s.budget())
 	// object_id can only be matched once a token has revealed an identity's object ID; each pass
@@ -41,6 +44,11 @@ func (s *Server) tokenFor(ctx context.Context, pod *podInfo, q *imdsreq.TokenQue
 				return nil, nil, fmt.Errorf("%w: the token of AzureIdentity %s/%s does not reveal its object ID, so object_id cannot be matched: select the identity with client_id or msi_res_id", ErrNotBound, id.Namespace, id.Name)
 			}
 			continue
+		}
+		// Checked after the fetch, right before serving: a cached token or one fetched from a
+		// stale decision is served only once the API server confirms the decision.
+		if err := s.confirmGrant(ctx, view, g); err != nil {
+			return nil, nil, err
 		}
 		return e, g, nil
 	}
@@ -138,6 +146,7 @@ func (s *Server) evaluate(pod *podInfo, q *imdsreq.TokenQuery) (*grant, lookupSt
 	if chosen == nil {
 		return nil, 0, fmt.Errorf("%w: pod %s is not bound to the requested identity (%s)", ErrNotBound, cur.key(), describeSelector(q))
 	}
+	chosen.pod = cur
 	if err := s.checkPolicy(chosen.id); err != nil {
 		return chosen, 0, err
 	}

@@ -67,6 +67,9 @@ type Config struct {
 	// PodWaitTimeout bounds the wait for an unknown caller IP to show up in the pod watch (a pod
 	// that has just started).
 	PodWaitTimeout time.Duration
+	// ViewSettle is how long a watch re-established after an interruption must have run before
+	// NMI answers from its view again without confirming each grant with the API server.
+	ViewSettle time.Duration
 	// IMDSMaxConcurrent caps concurrent calls to IMDS (IMDS allows 5 per VM).
 	IMDSMaxConcurrent int
 	// PodRateLimit (requests/s; 0 = unlimited) and PodRateBurst limit each pod's requests that
@@ -173,6 +176,9 @@ func (c *Config) SetDefaults() {
 	}
 	if c.PodWaitTimeout == 0 {
 		c.PodWaitTimeout = 2 * time.Second
+	}
+	if c.ViewSettle == 0 {
+		c.ViewSettle = DefaultViewSettle
 	}
 	if c.IMDSMaxConcurrent == 0 {
 		c.IMDSMaxConcurrent = 5

@@ -77,6 +77,8 @@ func statusOf(err error, retryAfterMode bool, retryAfter time.Duration) apiError
 	var up *UpstreamError
 	var tre *TokenRequestError
 	switch {
+	case errors.Is(err, ErrViewNotCurrent):
+		return apiError{http.StatusServiceUnavailable, "view_not_current", msg, time.Second}
 	case errors.Is(err, imdsreq.ErrBadRequest), errors.Is(err, ErrNoMetadataHeader):
 		return apiError{http.StatusBadRequest, "invalid_request", msg, 0}
 	case errors.As(err, &pnf):

@@ -153,6 +153,12 @@ func (s *Server) prefetchAsync(pod *podInfo, id *aadv1.AzureIdentity, resource s
 	go func() {
 		s.prefetchSem <- struct{}{}
 		defer func() { <-s.prefetchSem }()
+		// While a watch catches up the assignment or pod may be stale: the first request
+		// fetches instead (and is confirmed before it is served).
+		if !s.store.view.snapshot().current {
+			s.metrics.prefetches.WithLabelValues("skipped_view_not_current").Inc()
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PrefetchBudget)
 		defer cancel()
 		err := s.prefetchOne(ctx, pod, id, resource)

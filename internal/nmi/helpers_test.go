@@ -56,6 +56,8 @@ type harness struct {
 	secrets *SecretWatcher
 	addr    string // NMI listener host:port
 	ctx     context.Context
+	// api is the cuttable proxy between NMI and the API server (harnessOpts.apiProxy).
+	api *apiProxy
 }
 
 type harnessOpts struct {
@@ -69,6 +71,9 @@ type harnessOpts struct {
 	principals []emulator.PrincipalConfig
 	timing     emulator.Timing
 	tenants    []string
+	// apiProxy puts a cuttable proxy between NMI (watches, confirmations, TokenRequests) and the
+	// API server; the test's own client still talks to it directly.
+	apiProxy bool
 }
 
 func newHarness(t testing.TB, o harnessOpts) *harness {
@@ -106,12 +111,16 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	}
 	u, _ := url.Parse(imdsURL)
 	port, _ := strconv.Atoi(u.Port())
+	restCfg := env.Config
+	if o.apiProxy {
+		h.api, restCfg = newAPIProxy(t, env.Config)
+	}
 	cfg := Config{
 		NodeName: h.node, MetadataIP: u.Hostname(), MetadataPort: port, MetadataHeaderRequired: true,
 		RetryAttemptsForCreated: 4, RetryAttemptsForAssigned: 2, FindIdentityRetryInterval: 100 * time.Millisecond,
 		PodWaitTimeout: 100 * time.Millisecond, RetryAfter: time.Second,
 		AuthorityHost: emu.AADURL(), AADClientOptions: emu.ClientOptions(),
-		KubeClient: kubernetes.NewForConfigOrDie(env.Config),
+		KubeClient: kubernetes.NewForConfigOrDie(restCfg),
 	}
 	if o.cfg != nil {
 		o.cfg(&cfg)
@@ -129,7 +138,7 @@ func newHarness(t testing.TB, o harnessOpts) *harness {
 	} else {
 		ctrllog.SetLogger(log) // benchmarks: discard, and no "SetLogger was never called" dump
 	}
-	cfg.RestConfig, cfg.ListenAddress, cfg.Log = env.Config, "127.0.0.1:0", log
+	cfg.RestConfig, cfg.ListenAddress, cfg.Log = restCfg, "127.0.0.1:0", log
 	a, err := New(cfg)
 	if err != nil {
 		t.Fatalf("nmi.New: %v", err)

@@ -24,6 +24,10 @@ type Metrics struct {
 	rateLimited    prometheus.Counter
 	// proxyRefused counts requests the IMDS proxy refused, by reason (a bounded set).
 	proxyRefused *prometheus.CounterVec
+	// viewNotCurrent counts grants not served because the view was catching up and could not be
+	// confirmed, by kind not current; viewConfirmations every confirmation, by result.
+	viewNotCurrent    *prometheus.CounterVec
+	viewConfirmations *prometheus.CounterVec
 
 	// statusText avoids formatting the status code on every request.
 	statusText map[int]string
@@ -56,6 +60,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Token requests refused with 429 by the per-pod rate limit."}),
 		proxyRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "nmi_imds_proxy_refused_total",
 			Help: "Requests NMI's IMDS proxy refused, by reason."}, []string{"reason"}),
+		viewNotCurrent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "nmi_view_not_current_total",
+			Help: "Grants answered 503 because a watch was catching up and the API server did not confirm them, by kind not current."}, []string{"kind"}),
+		viewConfirmations: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "nmi_view_confirmations_total",
+			Help: "Grants re-read from the API server before serving while a watch was catching up, by result."}, []string{"result"}),
 		statusText: map[int]string{},
 	}
 	for _, c := range []int{200, 400, 403, 404, 405, 429, 500, 502, 503} {
@@ -64,7 +72,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.operations, m.imdsDuration, m.imdsErrors, m.kubeErrors, m.cacheHits, m.cacheMisses,
 			m.cacheRefreshes, m.cacheEntries, m.prefetches, m.rateLimited)
-		reg.MustRegister(m.proxyRefused)
+		reg.MustRegister(m.proxyRefused, m.viewNotCurrent, m.viewConfirmations)
 	}
 	return m
 }

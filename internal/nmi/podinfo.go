@@ -15,6 +15,9 @@ type podInfo struct {
 	Namespace, Name string
 	UID             types.UID
 	IP              string
+	// ResourceVersion is compared (for equality only) when a grant is confirmed while the
+	// watch catches up (currency_confirm.go).
+	ResourceVersion string
 	Phase           corev1.PodPhase
 	Deleting        bool
 	// ContainersExited: every container has terminated (the pod's processes are gone even if
@@ -52,7 +55,7 @@ func (p *podInfo) gone(serveDeleting bool) bool { return p.terminated() || p.end
 
 func newPodInfo(pod *corev1.Pod) *podInfo {
 	pi := &podInfo{
-		Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, IP: pod.Status.PodIP,
+		Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, IP: pod.Status.PodIP, ResourceVersion: pod.ResourceVersion,
 		Phase: pod.Status.Phase, Deleting: pod.DeletionTimestamp != nil, Labels: pod.Labels,
 		ContainersExited: allExited(pod.Status.ContainerStatuses), ServiceAccount: pod.Spec.ServiceAccountName,
 		Created: pod.CreationTimestamp.Time,

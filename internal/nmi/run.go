@@ -68,6 +68,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		cfg.Events = NewEventRecorder(ctx, cfg.KubeClient, cfg.NodeName)
 	}
 	srv := NewServer(cfg, a.store, secrets, cfg.Metrics, log.WithName("server"))
+	confirm, err := newConfirmReader(cfg.RestConfig)
+	if err != nil {
+		return err
+	}
+	srv.confirmReader = confirm
 	go srv.Run(ctx)
 
 	ln, err := net.Listen("tcp", cfg.ListenAddress)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/podidentity/podidentity/internal/nmi/imdsreq"
 )
@@ -32,6 +33,9 @@ type Server struct {
 	// authorities are where service-principal credentials may be sent (policy.go).
 	authorities authorities
 	refusals    *refusals
+	// confirmReader reads without cache, to confirm grants while the view catches up (set by
+	// Agent.Run; nil: such grants are answered 503).
+	confirmReader client.Reader
 
 	prefetchSem chan struct{}
 	seenMu      sync.Mutex
@@ -187,14 +191,19 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) string {
 		return ""
 	}
 	ctx := r.Context()
+	view := s.startView()
 	pod, err := s.findPod(ctx, remoteIP(r))
 	if err != nil {
 		s.fail(w, r, nil, err)
 		return ""
 	}
-	if s.store.excepted(pod) || s.isMIC(pod) {
+	if excepted := s.store.excepted(pod); excepted || s.isMIC(pod) {
 		// Excepted pods get IMDS itself, unfiltered, as upstream; their calls still count against
 		// the pod's budget so they cannot drain the node's IMDS quota.
+		if err := s.confirmPassthrough(ctx, view, pod, excepted); err != nil {
+			s.fail(w, r, pod, err)
+			return pod.Namespace
+		}
 		if err := s.limits.allow(pod); err != nil {
 			s.fail(w, r, pod, err)
 			return pod.Namespace
@@ -202,7 +211,7 @@ func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) string {
 		s.passthrough(w, r)
 		return pod.Namespace
 	}
-	e, g, err := s.tokenFor(ctx, pod, &q)
+	e, g, err := s.tokenFor(ctx, view, pod, &q)
 	if err != nil {
 		s.refuse(w, r, pod, g, err)
 		return pod.Namespace
@@ -235,12 +244,13 @@ func (s *Server) serveHostToken(w http.ResponseWriter, r *http.Request) string {
 		s.fail(w, r, nil, err)
 		return ""
 	}
+	view := s.startView()
 	pod := s.store.podByKey(podNS, podName)
 	if pod == nil {
 		s.fail(w, r, nil, fmt.Errorf("%w: pod %s/%s is not on node %q", ErrNotBound, podNS, podName, s.cfg.NodeName))
 		return ""
 	}
-	e, g, err := s.tokenFor(r.Context(), pod, &q)
+	e, g, err := s.tokenFor(r.Context(), view, pod, &q)
 	if err != nil {
 		s.refuse(w, r, pod, g, err)
 		return pod.Namespace

@@ -37,6 +37,8 @@ type Store struct {
 	// client-id annotation (only with --honor-workload-identity-annotations).
 	implicit map[types.NamespacedName]*aadv1.AzureIdentity
 	changed  chan struct{}
+	// view tells whether the informers feeding the store are current (Watch feeds it).
+	view *Currency
 
 	// onAssigned is called (outside the lock) when an assignment becomes Assigned.
 	onAssigned func(*aaiInfo)
@@ -57,6 +59,7 @@ func NewStore() *Store {
 		exceptions: map[string][]*aadv1.AzurePodIdentityException{},
 		implicit:   map[types.NamespacedName]*aadv1.AzureIdentity{},
 		changed:    make(chan struct{}),
+		view:       newCurrency(),
 	}
 }
 
@@ -365,6 +368,10 @@ type grant struct {
 	bindings []*aadv1.AzureIdentityBinding
 	// weight is the highest spec.weight of bindings.
 	weight int
+	// pod is the store's copy of the pod the grant was decided for (set by evaluate) and
+	// implicitSA the ServiceAccount of an implicit workload identity: what confirmGrant re-reads.
+	pod        *podInfo
+	implicitSA types.NamespacedName
 }
 
 // boundIdentitiesLocked returns the identities the pod is bound to now, by binding.Select (its

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
@@ -31,8 +32,10 @@ func Watch(ctx context.Context, restCfg *rest.Config, cfg Config, store *Store, 
 		byObject[&aadv1.AzureAssignedIdentity{}] = cache.ByObject{
 			Label: labels.SelectorFromSet(labels.Set{aadv1.AssignedIdentityNodeLabel: cfg.NodeName})}
 	}
+	store.view.configure(cfg.ViewSettle, log.WithName("currency"))
 	c, err := cache.New(restCfg, cache.Options{Scheme: scheme, ByObject: byObject,
-		DefaultTransform: cache.TransformStripManagedFields()})
+		DefaultTransform: cache.TransformStripManagedFields(),
+		NewInformer:      store.view.newInformerTracked(kindNamer(scheme))})
 	if err != nil {
 		return fmt.Errorf("creating the informer cache: %w", err)
 	}
@@ -79,6 +82,20 @@ func Watch(ctx context.Context, restCfg *rest.Config, cfg Config, store *Store, 
 		return fmt.Errorf("informers did not sync: check the API server address and NMI's RBAC (list/watch pods, azureassignedidentities, azureidentities, azureidentitybindings, azurepodidentityexceptions; serviceaccounts with --honor-workload-identity-annotations): %w", ctx.Err())
 	}
 	return nil
+}
+
+// kindNamer names an informer's kind for the currency tracker (metadata-only informers carry
+// their kind in TypeMeta).
+func kindNamer(scheme *runtime.Scheme) func(runtime.Object) viewKind {
+	return func(o runtime.Object) viewKind {
+		if k := o.GetObjectKind().GroupVersionKind().Kind; k != "" {
+			return viewKind(k)
+		}
+		if gvks, _, err := scheme.ObjectKinds(o); err == nil && len(gvks) > 0 {
+			return viewKind(gvks[0].Kind)
+		}
+		return viewKind(fmt.Sprintf("%T", o))
+	}
 }
 
 // watchHandler feeds one kind into the store.

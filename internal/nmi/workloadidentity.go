@@ -35,7 +35,9 @@ func implicitIdentity(sa *metav1.PartialObjectMetadata) *aadv1.AzureIdentity {
 		return nil
 	}
 	return &aadv1.AzureIdentity{
-		ObjectMeta: metav1.ObjectMeta{Namespace: sa.Namespace, Name: "workload-identity:" + sa.Name, CreationTimestamp: sa.CreationTimestamp},
+		// The ServiceAccount's resourceVersion: what confirmGrant compares.
+		ObjectMeta: metav1.ObjectMeta{Namespace: sa.Namespace, Name: "workload-identity:" + sa.Name, CreationTimestamp: sa.CreationTimestamp,
+			ResourceVersion: sa.ResourceVersion},
 		Spec: aadv1.AzureIdentitySpec{Type: aadv1.ServicePrincipal, ClientID: clientID,
 			TenantID: sa.Annotations[WorkloadIdentityTenantIDAnnotation], Federation: &aadv1.Federation{}},
 	}
@@ -78,8 +80,9 @@ func (s *Store) grantsLocked(p *podInfo, opts bindingRules) ([]grant, []*aadv1.A
 	if len(bound) > 0 || len(ignored) > 0 || !opts.honorWorkloadIdentity {
 		return bound, ignored
 	}
-	if id := s.implicit[types.NamespacedName{Namespace: p.Namespace, Name: p.ServiceAccount}]; id != nil {
-		return []grant{{id: id}}, nil
+	sa := types.NamespacedName{Namespace: p.Namespace, Name: p.ServiceAccount}
+	if id := s.implicit[sa]; id != nil {
+		return []grant{{id: id, implicitSA: sa}}, nil
 	}
 	return nil, nil
 }
