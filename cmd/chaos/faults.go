@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/podidentity/podidentity/internal/chaos"
 	"github.com/podidentity/podidentity/internal/emulator"
@@ -18,8 +19,9 @@ import (
 // injector applies the schedule's faults to the sandbox and measures, after each, how long until
 // every AzureAssignedIdentity is Assigned again.
 type injector struct {
-	sb *sandbox.Sandbox
-	w  *watcher
+	sb  *sandbox.Sandbox
+	w   *watcher
+	crc client.Client // the operator's writes (repairs after an identity is re-created)
 
 	mu       sync.Mutex
 	recovery []chaos.Recovery
@@ -74,8 +76,8 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 		back = func(ctx context.Context) bool { return inj.leader(ctx) != nil }
 	case chaos.NMIKill, chaos.NMIRestart:
 		n := inj.sb.Nodes[f.Target%len(inj.sb.Nodes)]
-		if n.NMI == nil {
-			inj.note("%s at %s: no NMI runs on %s", f.Kind, f.At, n.Name)
+		if n.NMI == nil || inj.sb.NodeDown(n.Name) {
+			inj.note("%s at %s: no NMI runs on %s (none configured, or the node is deleted)", f.Kind, f.At, n.Name)
 			return now, back
 		}
 		before := n.NMI.Restarts()
@@ -116,11 +118,31 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 	case chaos.AAD5xx:
 		inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken, Status: http.StatusServiceUnavailable,
 			Code: "temporarily_unavailable", Message: "chaos: Azure AD unavailable"})
+	case chaos.ARMSlow:
+		for _, op := range []string{emulator.OpVMSSUpdate, emulator.OpVMUpdate} {
+			inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceARM, Operation: op, Latency: emulator.D(f.Latency)})
+		}
+	case chaos.ARMLROFailed:
+		// What Compute answers when an identity update fails inside the operation.
+		for _, op := range []string{emulator.OpVMSSUpdate, emulator.OpVMUpdate} {
+			inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceARM, Operation: op, Async: true,
+				Code: "InternalExecutionError", Message: "An internal execution error occurred. Please retry later."})
+		}
+	case chaos.IMDSNotFound:
+		inj.identityNotFound(f)
+	case chaos.AADSlow:
+		inj.sb.Emulator.AddFault(emulator.Fault{Service: emulator.ServiceAAD, Operation: emulator.OpAADToken, Latency: emulator.D(f.Latency)})
+	case chaos.NodeDelete:
+		return inj.deleteNode(ctx, f)
+	case chaos.IdentityRecreate:
+		return inj.recreateIdentity(ctx, f), back
 	}
 	if !f.Kind.Emulated() {
 		return now, back
 	}
 	end := now.Add(f.For)
+	evidence := inj.windowEvidence(f)
+	before := inj.countAll(evidence)
 	inj.wg.Add(1)
 	go func() {
 		defer inj.wg.Done()
@@ -130,6 +152,7 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 		}
 		// Windows never overlap (chaos.NewSchedule), so clearing every fault ends just this one.
 		inj.sb.Emulator.ClearFaults()
+		inj.note("%s at %s: %d matching emulator calls in the window (%v)", f.Kind, f.At, inj.countAll(evidence)-before, evidence)
 	}()
 	return end, back
 }

@@ -1,7 +1,9 @@
 // Command chaos is the chaos/soak harness (`make chaos`, docs/reliability.md): it starts a
 // sandbox, churns a workload of pods, labels, Deployments and bindings (standard, namespaced and
 // federated identities), injects faults drawn from a seed (MIC leader SIGKILL/SIGTERM, NMI
-// SIGKILL/SIGTERM, ARM 429 storms and 5xx, Azure AD 5xx, etcd paused, kube-apiserver restarted), checks every token the pods got
+// SIGKILL/SIGTERM, ARM 429 storms, 5xx, slow writes and failed operations, IMDS "Identity not
+// found", Azure AD 5xx and slowness, etcd paused, kube-apiserver restarted, a node deleted and
+// re-added, an identity deleted from Azure and re-created), checks every token the pods got
 // against its own watch of the bindings, and after a settle time checks what the VMs hold and
 // that nothing is stuck. It writes a text and a JSON report and exits non-zero on any violation.
 package main

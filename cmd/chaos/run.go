@@ -211,7 +211,7 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 	go wl.run(runCtx, o.churn)
 	mem := &memSampler{sb: sb}
 	go mem.run(checkCtx, start, max(2*time.Second, o.duration/30))
-	inj := &injector{sb: sb, w: w}
+	inj := &injector{sb: sb, w: w, crc: crc}
 	inj.run(runCtx, start, faults)
 	<-runCtx.Done()
 	rep.ARMPerMinChaos = float64(armCalls(sb)-arm0) / o.duration.Minutes()

@@ -12,8 +12,12 @@ func TestIMDSFaultForOneIdentity(t *testing.T) {
 	e := newWorld(t, func(c *Config) { c.VirtualMachines[0].UserAssignedIdentities = []string{"id1", "id2"} })
 	id1, _ := e.Identity("id1")
 	id2, _ := e.Identity("id2")
+	host, err := e.HostKey("vm-0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, sel := range []string{id1.ClientID, id1.ID} {
-		e.AddFault(Fault{Service: ServiceIMDS, Operation: OpIMDSToken, Identity: sel, Status: 400, Code: "invalid_request", Message: "Identity not found"})
+		e.AddFault(Fault{Service: ServiceIMDS, Operation: OpIMDSToken, Resource: host, Identity: sel, Status: 400, Code: "invalid_request", Message: "Identity not found"})
 	}
 	for _, q := range []string{"&client_id=" + id1.ClientID, "&mi_res_id=" + url.QueryEscape(id1.ID), "&msi_res_id=" + url.QueryEscape(strings.ToUpper(id1.ID))} {
 		if st, b := imdsGet(t, e, "vm-0", tokPath+q, nil); st != 400 || !strings.Contains(b, `"Identity not found"`) || !strings.Contains(b, `"invalid_request"`) {
@@ -23,7 +27,7 @@ func TestIMDSFaultForOneIdentity(t *testing.T) {
 	if st, b := imdsGet(t, e, "vm-0", tokPath+"&client_id="+id2.ClientID, nil); st != 200 {
 		t.Errorf("the other identity during the fault: %d %s, want 200", st, b)
 	}
-	if n := e.Count(CounterKey{Service: ServiceIMDS, Operation: OpIMDSToken, Status: 400}); n != 3 {
+	if n := e.Count(CounterKey{Service: ServiceIMDS, Operation: OpIMDSToken, Resource: host, Status: 400}); n != 3 {
 		t.Errorf("IMDS 400 count = %d, want 3", n)
 	}
 	e.ClearFaults()
