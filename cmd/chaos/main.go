@@ -1,6 +1,7 @@
 // Command chaos is the chaos/soak harness (`make chaos`, docs/reliability.md): it starts a
-// sandbox, churns a workload of pods, labels, Deployments and bindings (standard, namespaced and
-// federated identities), injects faults drawn from a seed (MIC leader SIGKILL/SIGTERM, NMI
+// sandbox, churns a workload of pods, labels, Deployments, Jobs and a CronJob, bindings and
+// identities (standard, namespaced, service-principal and federated; edited in place), and pod IPs
+// reused on purpose, injects faults drawn from a seed (MIC leader SIGKILL/SIGTERM, NMI
 // SIGKILL/SIGTERM, ARM 429 storms, 5xx, slow writes and failed operations, IMDS "Identity not
 // found", Azure AD 5xx and slowness, etcd paused, kube-apiserver restarted, a node deleted and
 // re-added, an identity deleted from Azure and re-created), checks every token the pods got

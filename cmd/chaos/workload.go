@@ -38,6 +38,7 @@ func chaosWorld(c *emulator.Config) {
 	for _, n := range []string{azStdA, azStdB, azStdNS, azFederated} {
 		c.UserAssignedIdentities = append(c.UserAssignedIdentities, emulator.IdentityConfig{Name: n})
 	}
+	chaosPrincipal(c)
 }
 
 // workload churns pods, labels, Deployments and bindings from its own random stream.
@@ -54,8 +55,17 @@ type workload struct {
 	actions map[string]int
 }
 
+// actionKinds are the workload's action kinds: each appears in the report's counts, 0 when the
+// run never drew it.
+var actionKinds = []string{"scale", "pod-create", "pod-delete", "relabel", "binding-create", "binding-delete",
+	"job-create", "identity-switch", "identity-namespaced-toggle", "ip-reuse"}
+
 func newWorkload(sb *sandbox.Sandbox, c client.Client, w *watcher, seed uint64) *workload {
-	return &workload{sb: sb, c: c, wr: &writer{c: c, w: w}, rnd: rand.New(rand.NewPCG(seed+1, seed^0x5bd1e995)), bindings: map[string]*aadv1.AzureIdentityBinding{}, actions: map[string]int{}}
+	actions := map[string]int{}
+	for _, k := range actionKinds {
+		actions[k] = 0
+	}
+	return &workload{sb: sb, c: c, wr: &writer{c: c, w: w}, rnd: rand.New(rand.NewPCG(seed+1, seed^0x5bd1e995)), bindings: map[string]*aadv1.AzureIdentityBinding{}, actions: actions}
 }
 
 func (w *workload) count(action string) {
@@ -122,8 +132,14 @@ func (w *workload) setup(ctx context.Context) error {
 		w.bindings[b.Namespace+"/"+b.Name] = b
 		ids = append(ids, b.DeepCopy())
 	}
+	more, err := w.setupKinds(ctx)
+	if err != nil {
+		return err
+	}
+	ids = append(ids, more...)
 	for _, d := range []struct{ ns, name, sel, sa string }{
 		{nsA, "dep-a", "sel-a", ""}, {nsB, "dep-b", "sel-b", ""}, {nsA, "dep-fed", "", fedSA},
+		{nsA, "dep-sp", "sel-sp", ""},     // the service-principal identity
 		{nsB, "dep-cross", "sel-a", ""},   // bound across namespaces (non-namespaced identity)
 		{nsB, "dep-nsdeny", "sel-ns", ""}, // namespaced identity from another namespace: never bound
 	} {
@@ -164,8 +180,8 @@ func deployment(ns, name, sel, sa string) *appsv1.Deployment {
 }
 
 var (
-	selectors   = []string{"sel-a", "sel-b", "sel-ns", "", "nomatch"}
-	deployments = []string{nsA + "/dep-a", nsB + "/dep-b", nsA + "/dep-fed", nsB + "/dep-cross", nsB + "/dep-nsdeny"}
+	selectors   = []string{"sel-a", "sel-b", "sel-ns", "sel-sp", "", "nomatch"}
+	deployments = []string{nsA + "/dep-a", nsB + "/dep-b", nsA + "/dep-fed", nsB + "/dep-cross", nsB + "/dep-nsdeny", nsA + "/dep-sp"}
 )
 
 // run does one churn action every period until ctx ends.
@@ -190,7 +206,7 @@ func (w *workload) run(ctx context.Context, period time.Duration) {
 }
 
 func (w *workload) step(ctx context.Context) (string, error) {
-	switch n := w.rnd.IntN(11); {
+	switch n := w.rnd.IntN(16); {
 	case n < 2:
 		d := deployments[w.rnd.IntN(len(deployments))]
 		var dep appsv1.Deployment
@@ -241,8 +257,16 @@ func (w *workload) step(ctx context.Context) (string, error) {
 			delete(p.Labels, aadv1.PodLabelKey)
 		}
 		return "relabel", client.IgnoreNotFound(w.wr.Patch(ctx, &p, patch))
+	case n == 11:
+		return "job-create", w.createJob(ctx)
+	case n == 12:
+		return "identity-switch", w.switchIdentity(ctx)
+	case n == 13:
+		return "identity-namespaced-toggle", w.toggleNamespaced(ctx)
+	case n == 14:
+		return "ip-reuse", w.reuseIP(ctx)
 	default:
-		keys := []string{nsA + "/bind-a", nsA + "/bind-ns", nsA + "/bind-fed", nsB + "/bind-b"}
+		keys := []string{nsA + "/bind-a", nsA + "/bind-ns", nsA + "/bind-fed", nsB + "/bind-b", nsA + "/bind-sp"}
 		b := w.bindings[keys[w.rnd.IntN(len(keys))]]
 		var have aadv1.AzureIdentityBinding
 		err := w.c.Get(ctx, client.ObjectKeyFromObject(b), &have)

@@ -151,3 +151,74 @@ func TestStaleWatchEventAfterANewerWriteChangesNothing(t *testing.T) {
 		t.Error("a state older than the deletion brought the pod back")
 	}
 }
+
+// An identity's client ID switched to another Azure identity and back (the pod and its binding
+// unchanged): each client ID is allowed only while the identity has it.
+func TestIdentitySwitchedAndBackChangesTheBoundClientID(t *testing.T) {
+	f := newFeed()
+	f.pod(0, Pod{Key: mergePod, Selector: "s1", Running: true, Changed: f.at(0)}, 100)
+	idk := types.NamespacedName{Namespace: "a", Name: "id1"}
+	orig := f.w.Identities[idk]
+	alt := orig
+	alt.ClientID, alt.ResourceID, alt.Changed = "CID-ALT", "/x/alt", f.at(10)
+	apply := func(s int, id Identity, rv int64) {
+		if f.w.ApplyIdentity(id, rv, false) {
+			f.tl.Observe(f.at(s), f.w)
+		}
+	}
+	apply(10, alt, 110)
+	back := orig
+	back.Changed = f.at(30)
+	apply(30, back, 120)
+	apply(40, alt, 110) // a stale watch event
+	tok := func(cid string, s int) *Violation {
+		return f.tl.CheckToken(Token{Pod: mergePod, ClientID: cid, Start: f.at(s), End: f.at(s)}, DefaultGrace)
+	}
+	for _, c := range []struct {
+		cid  string
+		at   int
+		flag bool
+	}{{"cid-1", 5, false}, {"cid-1", 20, true}, {"cid-alt", 20, false}, {"cid-alt", 5, true}, {"cid-alt", 45, true}, {"cid-1", 45, false}} {
+		if v := tok(c.cid, c.at); (v != nil) != c.flag {
+			t.Errorf("token of %s at +%ds: violation %v, want flagged %t", c.cid, c.at, v, c.flag)
+		}
+	}
+	if need := Needed(f.w, map[string]string{"": "vm"}); !need["vm"]["/x/id1"] || need["vm"]["/x/alt"] {
+		t.Errorf("needed after switching back = %v, want /x/id1 only", need)
+	}
+}
+
+// The namespaced annotation toggled on an identity: a pod in another namespace is bound only
+// while it is off.
+func TestNamespacedToggleUnbindsTheOtherNamespace(t *testing.T) {
+	f := newFeed()
+	f.pod(0, Pod{Key: mergePod, Selector: "s1", Running: true, Changed: f.at(0)}, 100) // namespace b, binding in a
+	idk := types.NamespacedName{Namespace: "a", Name: "id1"}
+	ns := f.w.Identities[idk]
+	ns.Namespaced, ns.Changed = true, f.at(10)
+	if f.w.ApplyIdentity(ns, 110, false) {
+		f.tl.Observe(f.at(10), f.w)
+	}
+	if v := f.token(mergePod, 5); v != nil {
+		t.Errorf("token before the toggle flagged: %v", v)
+	}
+	if v := f.token(mergePod, 20); v == nil {
+		t.Error("token to a pod of another namespace after the identity became namespaced not flagged")
+	}
+}
+
+// A completed pod (a Job's) is not owed tokens; a running one is.
+func TestCompletedPodIsNotOwedATokenButAJobPodRunningIs(t *testing.T) {
+	w := testWorld()
+	pk := types.NamespacedName{Namespace: "a", Name: "job-1-x"}
+	now := time.Now()
+	since := map[types.NamespacedName]time.Time{pk: now.Add(-time.Minute)}
+	w.Pods[pk] = Pod{Key: pk, Selector: "s1", Node: "n1", Running: false}
+	if v := CheckFreshTokens(w, since, nil, now, 30*time.Second); len(v) != 0 {
+		t.Errorf("completed pod flagged: %v", v)
+	}
+	w.Pods[pk] = Pod{Key: pk, Selector: "s1", Node: "n1", Running: true}
+	if v := CheckFreshTokens(w, since, nil, now, 30*time.Second); len(v) != 1 {
+		t.Errorf("running bound Job pod without a token not flagged: %v", v)
+	}
+}
