@@ -22,6 +22,9 @@ type injector struct {
 	sb  *sandbox.Sandbox
 	w   *watcher
 	crc client.Client // the operator's writes (repairs after an identity is re-created)
+	// start is when the fault phase began: windows end at their scheduled time even when the
+	// fault before made them start late, so exclusive windows never overlap.
+	start time.Time
 
 	mu       sync.Mutex
 	recovery []chaos.Recovery
@@ -32,6 +35,7 @@ type injector struct {
 // run injects the faults at their offsets from start; it returns when the last has been applied
 // (emulator windows may still be open: wait on inj.wg).
 func (inj *injector) run(ctx context.Context, start time.Time, faults []chaos.Fault) {
+	inj.start = start
 	for i, f := range faults {
 		select {
 		case <-ctx.Done():
@@ -140,19 +144,20 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 	if !f.Kind.Emulated() {
 		return now, back
 	}
-	end := now.Add(f.For)
+	end := inj.windowEnd(f)
 	evidence := inj.windowEvidence(f)
-	before := inj.countAll(evidence)
+	before, hits := inj.countAll(evidence), inj.sb.Emulator.FaultHits()
 	inj.wg.Add(1)
 	go func() {
 		defer inj.wg.Done()
 		select {
 		case <-ctx.Done():
-		case <-time.After(f.For):
+		case <-time.After(time.Until(end)):
 		}
 		// Windows never overlap (chaos.NewSchedule), so clearing every fault ends just this one.
 		inj.sb.Emulator.ClearFaults()
-		inj.note("%s at %s: %d matching emulator calls in the window (%v)", f.Kind, f.At, inj.countAll(evidence)-before, evidence)
+		inj.note("%s at %s: the window's faults matched %d calls; %d calls of %v in the window", f.Kind, f.At,
+			inj.sb.Emulator.FaultHits()-hits, inj.countAll(evidence)-before, evidence)
 	}()
 	return end, back
 }
@@ -197,6 +202,18 @@ func (inj *injector) measure(ctx context.Context, f chaos.Fault, end, next time.
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// windowEnd is when f's window is scheduled to end (now, when that has passed).
+func (inj *injector) windowEnd(f chaos.Fault) time.Time {
+	return later(inj.start.Add(f.At+f.For), time.Now())
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func (inj *injector) note(format string, args ...any) {

@@ -7,9 +7,10 @@ import (
 	"github.com/podidentity/podidentity/internal/emulator"
 )
 
-// windowEvidence names the emulator counters that show an emulator window really hit calls:
-// the calls it matched (ARM writes, Azure AD token requests) or the answers it made (429, 500,
-// IMDS 400 on the node).
+// windowEvidence names the emulator counters that show what an emulator window met: the calls
+// of the kind it targets (ARM writes, Azure AD token requests) or the answers it made (429, 500,
+// IMDS 400 on the node). The injector also notes the emulator's fault hits in the window, which
+// count every call a fault matched (windows never overlap, so all of them are this window's).
 func (inj *injector) windowEvidence(f chaos.Fault) []emulator.CounterKey {
 	writes := []emulator.CounterKey{{Service: emulator.ServiceARM, Operation: emulator.OpVMSSUpdate}, {Service: emulator.ServiceARM, Operation: emulator.OpVMUpdate}}
 	switch f.Kind {

@@ -24,21 +24,23 @@ var faultIdentities = []string{azStdA, azStdB, azStdNS}
 
 // identityNotFound makes f's node's IMDS answer "Identity not found" (400 invalid_request, what
 // IMDS answers before an assignment has propagated) for one identity for the window: one the
-// node's VM/VMSS holds, when it holds any of faultIdentities, else the drawn one.
+// node's VM/VMSS holds, when it holds any of faultIdentities, else another of them.
 func (inj *injector) identityNotFound(f chaos.Fault) {
 	n := inj.sb.Nodes[f.Target%len(inj.sb.Nodes)]
-	name := faultIdentities[f.Target%len(faultIdentities)]
 	held, _ := inj.sb.Emulator.AssignedIdentities(nodeResources(inj.sb)[n.Name])
-	for i := range faultIdentities {
-		cand := faultIdentities[(f.Target+i)%len(faultIdentities)]
-		if info, err := inj.sb.Emulator.Identity(cand); err == nil && containsFold(held, info.ID) {
-			name = cand
-			break
+	var info emulator.IdentityInfo
+	var name string
+	// One the VM/VMSS holds first; an identity deleted out of band (being re-created) is skipped.
+	for _, want := range []bool{true, false} {
+		for i := range faultIdentities {
+			cand := faultIdentities[(f.Target+i)%len(faultIdentities)]
+			if ci, err := inj.sb.Emulator.Identity(cand); err == nil && name == "" && containsFold(held, ci.ID) == want {
+				info, name = ci, cand
+			}
 		}
 	}
-	info, err := inj.sb.Emulator.Identity(name)
-	if err != nil {
-		inj.note("%s at %s: %v", f.Kind, f.At, err)
+	if name == "" {
+		inj.note("%s at %s: none of %v exists now; no window", f.Kind, f.At, faultIdentities)
 		return
 	}
 	// NMI may ask by client ID or by resource ID: the window covers both.
@@ -80,13 +82,13 @@ func (inj *injector) recreateIdentity(ctx context.Context, f chaos.Fault) time.T
 		return time.Now()
 	}
 	klog.InfoS("identity deleted through ARM", "identity", name, "clientID", *old.Properties.ClientID)
-	end := time.Now().Add(f.For)
+	end := inj.windowEnd(f)
 	inj.wg.Add(1)
 	go func() {
 		defer inj.wg.Done()
 		select {
 		case <-ctx.Done():
-		case <-time.After(f.For):
+		case <-time.After(time.Until(end)):
 		}
 		// Even at the end of the run the identity comes back: the final checks need it.
 		if err := inj.recreateAndRepair(context.Background(), msi, name, *old.Properties.ClientID); err != nil {

@@ -17,24 +17,25 @@ import (
 // node's pods: PodGC deletes them once the node has been missing 40-80 s, so a short window
 // finds them again and a long one does not.
 func (inj *injector) deleteNode(ctx context.Context, f chaos.Fault) (time.Time, func(context.Context) bool) {
-	now := time.Now()
 	n := inj.sb.Nodes[f.Target%len(inj.sb.Nodes)]
-	before, err := podsOn(ctx, inj.sb, n.Name)
-	if err != nil {
-		inj.note("%s at %s: listing the pods of %s: %v", f.Kind, f.At, n.Name, err)
-	}
-	if err := inj.sb.DeleteNode(ctx, n.Name); err != nil {
-		inj.note("%s at %s: %v", f.Kind, f.At, err)
-		return now, func(context.Context) bool { return true }
-	}
-	_, gerr := inj.sb.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
-	klog.InfoS("node deleted", "node", n.Name, "pods", len(before), "get", gerr)
+	// In the background: stopping the node's pods takes seconds, and the next faults keep their
+	// times (an emulator window started late could overlap the next one).
 	inj.wg.Add(1)
 	go func() {
 		defer inj.wg.Done()
+		before, err := podsOn(ctx, inj.sb, n.Name)
+		if err != nil {
+			inj.note("%s at %s: listing the pods of %s: %v", f.Kind, f.At, n.Name, err)
+		}
+		if err := inj.sb.DeleteNode(ctx, n.Name); err != nil {
+			inj.note("%s at %s: %v", f.Kind, f.At, err)
+			return
+		}
+		_, gerr := inj.sb.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+		klog.InfoS("node deleted", "node", n.Name, "pods", len(before), "get", gerr)
 		select {
 		case <-ctx.Done():
-		case <-time.After(f.For):
+		case <-time.After(time.Until(inj.windowEnd(f))):
 		}
 		// Even at the end of the run the node comes back: the final checks need it.
 		left, lerr := podsOn(context.Background(), inj.sb, n.Name)
@@ -60,7 +61,7 @@ func (inj *injector) deleteNode(ctx context.Context, f chaos.Fault) (time.Time, 
 		}
 		return false
 	}
-	return now.Add(f.For), back
+	return inj.windowEnd(f), back
 }
 
 // podsOn lists the names of the pods bound to node (spec.nodeName).

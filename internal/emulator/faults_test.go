@@ -30,6 +30,9 @@ func TestIMDSFaultForOneIdentity(t *testing.T) {
 	if n := e.Count(CounterKey{Service: ServiceIMDS, Operation: OpIMDSToken, Resource: host, Status: 400}); n != 3 {
 		t.Errorf("IMDS 400 count = %d, want 3", n)
 	}
+	if n := e.FaultHits(); n != 3 {
+		t.Errorf("FaultHits = %d, want 3 (the other identity's request matched no fault)", n)
+	}
 	e.ClearFaults()
 	if st, b := imdsGet(t, e, "vm-0", tokPath+"&client_id="+id1.ClientID, nil); st != 200 {
 		t.Errorf("after the fault: %d %s, want 200", st, b)

@@ -174,6 +174,7 @@ type Fault struct {
 
 type faultSet struct {
 	active atomic.Int32 // fast path: no lock when zero
+	hits   atomic.Int64 // calls a fault matched (FaultHits)
 	mu     sync.Mutex
 	list   []*faultEntry
 }
@@ -190,6 +191,10 @@ func (e *Emulator) AddFault(f Fault) {
 	e.faults.active.Store(int32(len(e.faults.list)))
 	e.faults.mu.Unlock()
 }
+
+// FaultHits counts the calls that a fault has matched since the emulator started (a call that
+// a Latency fault delays is counted when the delay begins).
+func (e *Emulator) FaultHits() int64 { return e.faults.hits.Load() }
 
 // ClearFaults removes every fault.
 func (e *Emulator) ClearFaults() {
@@ -213,6 +218,7 @@ func (fs *faultSet) take(service, op, resource string, idents ...string) *Fault 
 			continue
 		}
 		out := f.Fault
+		fs.hits.Add(1)
 		if f.Count > 0 {
 			f.left--
 			if f.left <= 0 {
