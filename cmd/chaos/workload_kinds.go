@@ -20,8 +20,8 @@ import (
 // completion), identities edited in place, a service-principal identity, and pod IPs reused on
 // purpose.
 const (
-	azStdAlt    = "chaos-std-alt" // std-b's client and resource ID are switched to it and back
-	spAppID     = "chaos-sp-app"
+	azStdAlt    = "chaos-std-alt"                        // std-b's client and resource ID are switched to it and back
+	spAppID     = "c4a05e00-5bd1-4e99-8000-000000000001" // a GUID: the CRD requires one
 	spSecret    = "chaos-sp-secret"
 	spSecretRef = "chaos-sp"
 	maxJobs     = 4
