@@ -195,7 +195,9 @@ func drawWindow(r *rand.Rand, f *Fault) {
 	case AADSlow:
 		f.For, f.Latency = sec(5, 12), sec(2, 8)
 	case IMDSNotFound:
-		f.For = sec(3, 10)
+		// NMI caches tokens, so IMDS is asked only for pods new on the node: a longer window
+		// than the others, so that some meet it.
+		f.For = sec(5, 20)
 	case NodeDelete:
 		f.For = sec(15, 100)
 	case IdentityRecreate:
