@@ -43,7 +43,7 @@ func (inj *injector) deleteNode(ctx context.Context, f chaos.Fault) (time.Time, 
 			inj.note("%s at %s: adding %s back: %v", f.Kind, f.At, n.Name, err)
 			return
 		}
-		inj.note("%s at %s: node %s deleted (a GET then: %v) for %s with %d pods bound to it; %d still there when it came back (list error %v), the others deleted by PodGC",
+		inj.note("%s at %s: node %s deleted (a GET then: %v) for %s with %d pods bound to it; %d bound to it when it came back (list error %v): PodGC deletes them only after 40-80 s",
 			f.Kind, f.At, n.Name, gerr, f.For, len(before), len(left), lerr)
 	}()
 	back := func(ctx context.Context) bool {
