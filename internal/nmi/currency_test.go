@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	aadv1 "github.com/podidentity/podidentity/api/v1"
@@ -214,4 +215,26 @@ func TestConfirmComparesResourceVersions(t *testing.T) {
 			t.Errorf("%s: message does not name the kind and node: %v", name, err)
 		}
 	}
+}
+
+// An AzurePodIdentityException deleted while NMI is cut off no longer gives its pod IMDS
+// passthrough (every identity on the VM).
+func TestStaleViewHonoursExceptionDelete(t *testing.T) {
+	h := newHarness(t, harnessOpts{identities: []string{"node-id"}, apiProxy: true, cfg: func(c *Config) { c.MICNamespace = "" }})
+	info, _ := h.emu.Identity("node-id")
+	if err := h.emu.AssignIdentity(h.vm, info.ID); err != nil {
+		t.Fatal(err)
+	}
+	exc := &aadv1.AzurePodIdentityException{ObjectMeta: metav1.ObjectMeta{Namespace: h.ns, Name: "exc"},
+		Spec: aadv1.AzurePodIdentityExceptionSpec{PodLabels: map[string]string{"app": "agent"}}}
+	env.Create(t, exc)
+	agent := h.pod("agent", "", map[string]string{"app": "agent"})
+	h.waitStore("exception", func(s *Store) bool { return len(s.exceptions[h.ns]) == 1 })
+	wantStatus(t, h.token(agent, "client_id", info.ClientID), http.StatusOK)
+	h.cut()
+	if err := env.Client.Delete(testenv.Context(t), exc); err != nil {
+		t.Fatal(err)
+	}
+	wantCatchingUp(t, h.token(agent, "client_id", info.ClientID))
+	wantStatus(t, h.untilRefused(agent.Status.PodIP), http.StatusForbidden)
 }
