@@ -249,6 +249,7 @@ func runChaos(ctx context.Context, o options, log logr.Logger) (*chaos.Report, e
 		rep.Finish()
 	}
 	rep.Memory = mem.series()
+	rep.Finish() // again: the memory trend reads the whole series
 	return rep, nil
 }
 

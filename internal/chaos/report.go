@@ -38,6 +38,9 @@ type Report struct {
 	// identity); faults followed by the next one before that are not counted.
 	Recovery        Percentiles `json:"recovery"`
 	RecoveryPoints  []Recovery  `json:"recoveryPoints,omitempty"`
+	// RecoveryByKind and MemoryTrend are derived by Finish.
+	RecoveryByKind map[FaultKind]Percentiles `json:"recoveryByKind,omitempty"`
+	MemoryTrend    MemTrend                  `json:"memoryTrend"`
 	SettledAfter    Duration    `json:"settledAfter"`           // after the last fault, until all Assigned
 	ARMPerMinQuiet  float64     `json:"armCallsPerMinuteQuiet"` // after settling: no churn, no faults
 	ARMPerMinChaos  float64     `json:"armCallsPerMinuteChaos"`
@@ -126,8 +129,12 @@ func (r *Report) Failures() int {
 	return len(r.Violations) + len(r.Leaked) + len(r.Missing) + len(r.Stuck) + len(r.NoToken)
 }
 
-// Finish sets InvariantsHeld.
-func (r *Report) Finish() { r.InvariantsHeld = r.Failures() == 0 }
+// Finish sets InvariantsHeld and the derived summaries.
+func (r *Report) Finish() {
+	r.InvariantsHeld = r.Failures() == 0
+	r.RecoveryByKind = RecoveryByKind(r.RecoveryPoints)
+	r.MemoryTrend = MemoryTrend(r.Memory)
+}
 
 // WriteJSON writes the report as indented JSON.
 func (r *Report) WriteJSON(w io.Writer) error {
@@ -162,10 +169,13 @@ func (r *Report) WriteText(w io.Writer) {
 		len(r.Leaked), len(r.Missing), len(r.Stuck), len(r.NoToken))
 	p("back to all Assigned after a fault: n=%d p50 %s p99 %s max %s; after churn stopped: %s", r.Recovery.N,
 		time.Duration(r.Recovery.P50), time.Duration(r.Recovery.P99), time.Duration(r.Recovery.Max), time.Duration(r.SettledAfter))
+	p("by fault kind: %s", byKindLine(r.RecoveryByKind))
 	p("ARM calls per minute: under churn and faults %.1f, quiet (after settling) %.1f", r.ARMPerMinChaos, r.ARMPerMinQuiet)
 	p("restarts: MIC %d, NMI %d; checker max heap in use %.1f MiB", r.MICRestarts, r.NMIRestarts, r.MaxHeapInUseMiB)
 	p("resident memory (%d samples): MIC %s; NMI %s", len(r.Memory), memLine(r.Memory, func(m MemSample) float64 { return m.MICMiB }),
 		memLine(r.Memory, func(m MemSample) float64 { return m.NMIMiB }))
+	p("memory trend after warm-up (%d samples): MIC %+.1f MiB/h, NMI %+.1f MiB/h", r.MemoryTrend.Samples,
+		r.MemoryTrend.MICMiBPerHour, r.MemoryTrend.NMIMiBPerHour)
 	for _, group := range [][]Violation{r.Violations, r.Leaked, r.Missing, r.Stuck, r.NoToken} {
 		for _, v := range group {
 			p("  VIOLATION %s: %s", v.Rule, v.Detail)
