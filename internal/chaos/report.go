@@ -36,19 +36,19 @@ type Report struct {
 	// Recovery is the time after each fault until the component hit was back and MIC had
 	// converged (every AzureAssignedIdentity Assigned, one for each running pod's bound
 	// identity); faults followed by the next one before that are not counted.
-	Recovery        Percentiles `json:"recovery"`
-	RecoveryPoints  []Recovery  `json:"recoveryPoints,omitempty"`
+	Recovery       Percentiles `json:"recovery"`
+	RecoveryPoints []Recovery  `json:"recoveryPoints,omitempty"`
 	// RecoveryByKind and MemoryTrend are derived by Finish.
-	RecoveryByKind map[FaultKind]Percentiles `json:"recoveryByKind,omitempty"`
-	MemoryTrend    MemTrend                  `json:"memoryTrend"`
-	SettledAfter    Duration    `json:"settledAfter"`           // after the last fault, until all Assigned
-	ARMPerMinQuiet  float64     `json:"armCallsPerMinuteQuiet"` // after settling: no churn, no faults
-	ARMPerMinChaos  float64     `json:"armCallsPerMinuteChaos"`
-	MICRestarts     int         `json:"micRestarts"`
-	NMIRestarts     int         `json:"nmiRestarts"`
-	Notes           []string    `json:"notes,omitempty"`
-	InvariantsHeld  bool        `json:"invariantsHeld"`
-	MaxHeapInUseMiB float64     `json:"checkerMaxHeapInUseMiB"`
+	RecoveryByKind  map[FaultKind]Percentiles `json:"recoveryByKind,omitempty"`
+	MemoryTrend     MemTrend                  `json:"memoryTrend"`
+	SettledAfter    Duration                  `json:"settledAfter"`           // after the last fault, until all Assigned
+	ARMPerMinQuiet  float64                   `json:"armCallsPerMinuteQuiet"` // after settling: no churn, no faults
+	ARMPerMinChaos  float64                   `json:"armCallsPerMinuteChaos"`
+	MICRestarts     int                       `json:"micRestarts"`
+	NMIRestarts     int                       `json:"nmiRestarts"`
+	Notes           []string                  `json:"notes,omitempty"`
+	InvariantsHeld  bool                      `json:"invariantsHeld"`
+	MaxHeapInUseMiB float64                   `json:"checkerMaxHeapInUseMiB"`
 	// Memory is MIC's and NMI's resident memory over the run (largest replica / node).
 	Memory []MemSample `json:"memory,omitempty"`
 }
@@ -195,14 +195,19 @@ func kv(m map[FaultKind]int) string {
 	if len(m) == 0 {
 		return "none"
 	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, string(k))
-	}
-	sort.Strings(keys)
-	parts := make([]string, 0, len(keys))
-	for _, k := range keys {
-		parts = append(parts, fmt.Sprintf("%s %d", k, m[FaultKind(k)]))
+	parts := make([]string, 0, len(m))
+	for _, k := range sortedKinds(m) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// sortedKinds returns m's keys in order, so that reports read the same from run to run.
+func sortedKinds[V any](m map[FaultKind]V) []FaultKind {
+	keys := make([]FaultKind, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	return keys
 }

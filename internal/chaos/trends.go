@@ -2,7 +2,6 @@ package chaos
 
 import (
 	"fmt"
-	"sort"
 	"strings"
 	"time"
 )
@@ -64,14 +63,9 @@ func byKindLine(m map[FaultKind]Percentiles) string {
 	if len(m) == 0 {
 		return "none counted"
 	}
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, string(k))
-	}
-	sort.Strings(keys)
-	parts := make([]string, 0, len(keys))
-	for _, k := range keys {
-		p := m[FaultKind(k)]
+	parts := make([]string, 0, len(m))
+	for _, k := range sortedKinds(m) {
+		p := m[k]
 		parts = append(parts, fmt.Sprintf("%s n=%d p50 %s max %s", k, p.N,
 			time.Duration(p.P50).Round(time.Millisecond), time.Duration(p.Max).Round(time.Millisecond)))
 	}

@@ -125,39 +125,28 @@ func (w *World) admit(ref ObjectRef, rv int64, deleted bool) bool {
 // ApplyPod records a state of a pod (or its deletion) at resourceVersion rv unless the world
 // already holds a newer one; it reports whether the world changed.
 func (w *World) ApplyPod(p Pod, rv int64, deleted bool) bool {
-	if !w.admit(ObjectRef{KindPod, p.Key}, rv, deleted) {
-		return false
-	}
-	if deleted {
-		delete(w.Pods, p.Key)
-	} else {
-		w.Pods[p.Key] = p
-	}
-	return true
+	return apply(w, w.Pods, KindPod, p.Key, p, rv, deleted)
 }
 
 // ApplyBinding is ApplyPod for a binding.
 func (w *World) ApplyBinding(b Binding, rv int64, deleted bool) bool {
-	if !w.admit(ObjectRef{KindBinding, b.Key}, rv, deleted) {
-		return false
-	}
-	if deleted {
-		delete(w.Bindings, b.Key)
-	} else {
-		w.Bindings[b.Key] = b
-	}
-	return true
+	return apply(w, w.Bindings, KindBinding, b.Key, b, rv, deleted)
 }
 
 // ApplyIdentity is ApplyPod for an identity.
 func (w *World) ApplyIdentity(id Identity, rv int64, deleted bool) bool {
-	if !w.admit(ObjectRef{KindIdentity, id.Key}, rv, deleted) {
+	return apply(w, w.Identities, KindIdentity, id.Key, id, rv, deleted)
+}
+
+// apply is the one merge rule of the Apply methods: admit by resourceVersion, then store or drop.
+func apply[T any](w *World, m map[types.NamespacedName]T, kind Kind, key types.NamespacedName, v T, rv int64, deleted bool) bool {
+	if !w.admit(ObjectRef{kind, key}, rv, deleted) {
 		return false
 	}
 	if deleted {
-		delete(w.Identities, id.Key)
+		delete(m, key)
 	} else {
-		w.Identities[id.Key] = id
+		m[key] = v
 	}
 	return true
 }
