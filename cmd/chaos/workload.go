@@ -50,6 +50,9 @@ type workload struct {
 	bindings map[string]*aadv1.AzureIdentityBinding // by namespace/name, the full set it toggles
 	clientID []string                               // client IDs pods may name in AZURE_CLIENT_ID
 	seq      int
+	// stdBTarget is the Azure identity std-b named when identity-delete deleted it (re-created
+	// with that identity's client ID as Azure has it then).
+	stdBTarget string
 
 	mu      sync.Mutex
 	actions map[string]int
@@ -58,7 +61,7 @@ type workload struct {
 // actionKinds are the workload's action kinds: each appears in the report's counts, 0 when the
 // run never drew it.
 var actionKinds = []string{"scale", "pod-create", "pod-delete", "relabel", "binding-create", "binding-delete",
-	"job-create", "identity-switch", "identity-namespaced-toggle", "ip-reuse"}
+	"job-create", "identity-switch", "identity-namespaced-toggle", "ip-reuse", "identity-delete", "identity-create"}
 
 func newWorkload(sb *sandbox.Sandbox, c client.Client, w *watcher, seed uint64) *workload {
 	actions := map[string]int{}
@@ -257,6 +260,8 @@ func (w *workload) step(ctx context.Context) (string, error) {
 			delete(p.Labels, aadv1.PodLabelKey)
 		}
 		return "relabel", client.IgnoreNotFound(w.wr.Patch(ctx, &p, patch))
+	case n == 10:
+		return w.toggleIdentity(ctx)
 	case n == 11:
 		return "job-create", w.createJob(ctx)
 	case n == 12:

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -17,8 +19,8 @@ import (
 )
 
 // The workload's further kinds (issue #16): Jobs and a CronJob (bound pods that run to
-// completion), identities edited in place, a service-principal identity, and pod IPs reused on
-// purpose.
+// completion), identities edited in place, deleted and re-created, a service-principal identity,
+// and pod IPs reused on purpose.
 const (
 	azStdAlt    = "chaos-std-alt"                        // std-b's client and resource ID are switched to it and back
 	spAppID     = "c4a05e00-5bd1-4e99-8000-000000000001" // a GUID: the CRD requires one
@@ -114,6 +116,32 @@ func (w *workload) switchIdentity(ctx context.Context) error {
 	}
 	id.Spec.ClientID, id.Spec.ResourceID = want.Spec.ClientID, want.Spec.ResourceID
 	return w.wr.Update(ctx, &id)
+}
+
+// toggleIdentity deletes the AzureIdentity std-b (MIC must take its identity off the VMs/VMSS and
+// NMI stop serving it to dep-b's pods, whose binding stays), or re-creates it.
+func (w *workload) toggleIdentity(ctx context.Context) (string, error) {
+	var id aadv1.AzureIdentity
+	err := w.c.Get(ctx, client.ObjectKey{Namespace: nsB, Name: "std-b"}, &id)
+	if apierrors.IsNotFound(err) {
+		to := w.stdBTarget
+		if to == "" {
+			to = azStdB
+		}
+		want, err := w.sb.IdentityObject(nsB, "std-b", to)
+		if err != nil {
+			return "identity-create", err // deleted in Azure just now (a fault): next time
+		}
+		return "identity-create", w.wr.Create(ctx, want)
+	}
+	if err != nil {
+		return "identity-delete", err
+	}
+	w.stdBTarget = azStdB
+	if alt, err := w.sb.Emulator.Identity(azStdAlt); err == nil && strings.EqualFold(id.Spec.ClientID, alt.ClientID) {
+		w.stdBTarget = azStdAlt
+	}
+	return "identity-delete", client.IgnoreNotFound(w.wr.Delete(ctx, &id))
 }
 
 // toggleNamespaced turns std-a's namespaced matching on or off: dep-cross (in the other

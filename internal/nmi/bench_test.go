@@ -212,3 +212,20 @@ func BenchmarkDirectMiss(b *testing.B) {
 		})
 	})
 }
+
+// BenchmarkCachedCatchingUp is BenchmarkCached's pods=1/imds=0s case while a watch is catching up
+// (marked interrupted and never re-established here): every cached answer is first confirmed
+// with quorum reads of the pod, the binding and the identity. Compare with BenchmarkCached in one
+// run for the cost of those 2 s windows: go test -run '^$' -bench 'BenchmarkCached(CatchingUp)?$'.
+func BenchmarkCachedCatchingUp(b *testing.B) {
+	h, ps := benchNode(b, 1, 0)
+	pod := ps[0]
+	url := "http://" + h.addr + tokenPath(armResource)
+	load(b, pod.Status.PodIP, url, http.Header{"Metadata": {"true"}}, 1, 10, nil) // fill the cache
+	h.store.view.interrupted("Pod", nil)
+	for _, c := range []int{1, 8} {
+		b.Run(fmt.Sprintf("pods=1/c=%d", c), func(b *testing.B) {
+			load(b, pod.Status.PodIP, url, http.Header{"Metadata": {"true"}}, c, max(b.N, 1000), nil)
+		})
+	}
+}
