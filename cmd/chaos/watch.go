@@ -129,7 +129,7 @@ func podFromObject(p *corev1.Pod) chaos.Pod {
 			}
 		}
 	}
-	return chaos.Pod{Key: k, Selector: p.Labels[chaos.PodLabel], ServiceAccount: sa, Node: p.Spec.NodeName, Running: running,
+	return chaos.Pod{Key: k, UID: p.UID, Selector: p.Labels[chaos.PodLabel], ServiceAccount: sa, Node: p.Spec.NodeName, Running: running,
 		Requested: requested, Changed: changed(p.CreationTimestamp, p.ManagedFields, `"f:labels"`)}
 }
 
@@ -163,7 +163,7 @@ func (w *watcher) setIdentity(obj any, deleted bool) bool {
 		return false
 	}
 	_, fed, _ := unstructured.NestedFieldNoCopy(u.Object, "spec", "federation")
-	id := chaos.Identity{Key: key(u), ClientID: str(u, "spec", "clientID"), ResourceID: str(u, "spec", "resourceID"),
+	id := chaos.Identity{Key: key(u), UID: u.GetUID(), ClientID: str(u, "spec", "clientID"), ResourceID: str(u, "spec", "resourceID"),
 		Namespaced: u.GetAnnotations()["aadpodidentity.k8s.io/Behavior"] == "namespaced", Federated: fed,
 		Changed: changed(u.GetCreationTimestamp(), u.GetManagedFields(), "")}
 	return w.world.ApplyIdentity(id, chaos.ParseRV(u.GetResourceVersion()), deleted)
@@ -174,7 +174,7 @@ func (w *watcher) setBinding(obj any, deleted bool) bool {
 	if !ok {
 		return false
 	}
-	b := chaos.Binding{Key: key(u), Identity: str(u, "spec", "azureIdentity"),
+	b := chaos.Binding{Key: key(u), UID: u.GetUID(), Identity: str(u, "spec", "azureIdentity"),
 		Selector: str(u, "spec", "selector"), ServiceAccount: str(u, "spec", "serviceAccountName"),
 		Changed: changed(u.GetCreationTimestamp(), u.GetManagedFields(), "")}
 	return w.world.ApplyBinding(b, chaos.ParseRV(u.GetResourceVersion()), deleted)

@@ -222,3 +222,31 @@ func TestCompletedPodIsNotOwedATokenButAJobPodRunningIs(t *testing.T) {
 		t.Errorf("running bound Job pod without a token not flagged: %v", v)
 	}
 }
+
+// A pod relabelled by a write (rv 120) and then deleted while the checker's watch was blind: the
+// relist reports it gone with its last watched state (rv 100, same UID). That incarnation is gone
+// however old the report: the checker must not keep a zombie pod it would expect tokens and VM
+// identities for (the 1-hour soak's false "missing" and "no token" reports).
+func TestRelistDeletionOfTheSameIncarnationIsApplied(t *testing.T) {
+	w := NewWorld(false)
+	p := Pod{Key: mergePod, UID: "u1", Selector: "s1", Running: true}
+	w.ApplyPod(p, 100, false)
+	p.Selector = "s2"
+	w.ApplyPod(p, 120, false) // the workload's relabel, from its write's answer
+	if !w.ApplyPod(Pod{Key: mergePod, UID: "u1"}, 100, true) || len(w.Pods) != 0 {
+		t.Fatal("the relist's deletion of the same incarnation (UID u1) was not applied: a zombie pod stays in the checker's world")
+	}
+	if w.ApplyPod(p, 120, false) || len(w.Pods) != 0 {
+		t.Error("a state of the deleted incarnation (rv 120) brought it back")
+	}
+	// A re-created object of the same name is a new incarnation: a late deletion of the old one
+	// must not remove it.
+	b := Binding{Key: types.NamespacedName{Namespace: "a", Name: "b1"}, UID: "old", Selector: "s1"}
+	w.ApplyBinding(b, 200, false)
+	w.ApplyBinding(b, 210, true)
+	b.UID = "new"
+	w.ApplyBinding(b, 220, false)
+	if w.ApplyBinding(Binding{Key: b.Key, UID: "old"}, 200, true) || len(w.Bindings) != 1 {
+		t.Error("a late deletion of the old incarnation removed the re-created binding")
+	}
+}

@@ -22,6 +22,7 @@ const PodLabel = "aadpodidbinding"
 // Pod is what the checker knows of a pod.
 type Pod struct {
 	Key            types.NamespacedName
+	UID            types.UID
 	Selector       string // value of PodLabel ("" when absent)
 	ServiceAccount string // "default" when the pod names none
 	Node           string
@@ -36,6 +37,7 @@ type Pod struct {
 // Binding is what the checker knows of an AzureIdentityBinding.
 type Binding struct {
 	Key                      types.NamespacedName
+	UID                      types.UID
 	Identity                 string
 	Selector, ServiceAccount string
 	Changed                  time.Time // last change recorded by the apiserver (see Pod.Changed)
@@ -44,6 +46,7 @@ type Binding struct {
 // Identity is what the checker knows of an AzureIdentity.
 type Identity struct {
 	Key        types.NamespacedName
+	UID        types.UID
 	ClientID   string
 	ResourceID string
 	Namespaced bool
@@ -88,6 +91,7 @@ type ObjectRef struct {
 // (a tombstone) so that an older event cannot bring the object back.
 type objVersion struct {
 	rv      int64
+	uid     types.UID
 	deleted bool
 }
 
@@ -108,39 +112,44 @@ func NewWorld(forceNamespaced bool) *World {
 		Bindings: map[types.NamespacedName]Binding{}, Identities: map[types.NamespacedName]Identity{}, versions: map[ObjectRef]objVersion{}}
 }
 
-// admit reports whether a state of ref at resourceVersion rv is newer than what the world holds,
-// and records it. A deletion at rv is admitted when nothing newer than rv was applied: a watch
-// that finds an object gone on relist reports its last known state (an older rv), which must not
-// undo a newer write. An unreadable rv (0) is always admitted.
-func (w *World) admit(ref ObjectRef, rv int64, deleted bool) bool {
-	if have, ok := w.versions[ref]; ok && rv != 0 {
-		if rv < have.rv || (rv == have.rv && (!deleted || have.deleted)) {
+// admit reports whether a state of ref (incarnation uid) at resourceVersion rv is newer than what
+// the world holds, and records it. A deletion at rv is admitted when nothing newer than rv was
+// applied, or when it is the deletion of the very incarnation the world holds (same UID): a watch
+// that finds an object gone on relist reports its last known state, whose rv may be older than a
+// write the checker saw since, yet that incarnation is gone all the same (a write cannot bring a
+// UID back; a re-created object has a new one). An unreadable rv (0) is always admitted.
+func (w *World) admit(ref ObjectRef, uid types.UID, rv int64, deleted bool) bool {
+	have, ok := w.versions[ref]
+	if ok && rv != 0 {
+		goneNow := deleted && !have.deleted && uid != "" && uid == have.uid
+		if !goneNow && (rv < have.rv || (rv == have.rv && (!deleted || have.deleted))) {
 			return false
 		}
 	}
-	w.versions[ref] = objVersion{rv: rv, deleted: deleted}
+	// The tombstone keeps the newest rv seen, so that older events of that incarnation stay out.
+	w.versions[ref] = objVersion{rv: max(rv, have.rv), uid: uid, deleted: deleted}
 	return true
 }
 
 // ApplyPod records a state of a pod (or its deletion) at resourceVersion rv unless the world
 // already holds a newer one; it reports whether the world changed.
 func (w *World) ApplyPod(p Pod, rv int64, deleted bool) bool {
-	return apply(w, w.Pods, KindPod, p.Key, p, rv, deleted)
+	return apply(w, w.Pods, KindPod, p.Key, p.UID, p, rv, deleted)
 }
 
 // ApplyBinding is ApplyPod for a binding.
 func (w *World) ApplyBinding(b Binding, rv int64, deleted bool) bool {
-	return apply(w, w.Bindings, KindBinding, b.Key, b, rv, deleted)
+	return apply(w, w.Bindings, KindBinding, b.Key, b.UID, b, rv, deleted)
 }
 
 // ApplyIdentity is ApplyPod for an identity.
 func (w *World) ApplyIdentity(id Identity, rv int64, deleted bool) bool {
-	return apply(w, w.Identities, KindIdentity, id.Key, id, rv, deleted)
+	return apply(w, w.Identities, KindIdentity, id.Key, id.UID, id, rv, deleted)
 }
 
 // apply is the one merge rule of the Apply methods: admit by resourceVersion, then store or drop.
-func apply[T any](w *World, m map[types.NamespacedName]T, kind Kind, key types.NamespacedName, v T, rv int64, deleted bool) bool {
-	if !w.admit(ObjectRef{kind, key}, rv, deleted) {
+func apply[T any](w *World, m map[types.NamespacedName]T, kind Kind, key types.NamespacedName, uid types.UID, v T, rv int64, deleted bool) bool {
+	if !w.admit(ObjectRef{kind, key}, uid, rv, deleted) {
 		return false
 	}
 	if deleted {
