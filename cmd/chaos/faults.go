@@ -147,6 +147,18 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 	end := inj.windowEnd(f)
 	evidence := inj.windowEvidence(f)
 	before, hits := inj.countAll(evidence), inj.sb.Emulator.FaultHits()
+	inj.atEnd(ctx, end, func() {
+		// Windows never overlap (chaos.NewSchedule), so clearing every fault ends just this one.
+		inj.sb.Emulator.ClearFaults()
+		inj.note("%s at %s: the window's faults matched %d calls; %d calls of %v in the window", f.Kind, f.At,
+			inj.sb.Emulator.FaultHits()-hits, inj.countAll(evidence)-before, evidence)
+	})
+	return end, back
+}
+
+// atEnd runs fn in the background once end has come, or at once when the run is cancelled
+// (windows are always closed); the injector's Wait waits for it.
+func (inj *injector) atEnd(ctx context.Context, end time.Time, fn func()) {
 	inj.wg.Add(1)
 	go func() {
 		defer inj.wg.Done()
@@ -154,12 +166,8 @@ func (inj *injector) apply(ctx context.Context, f chaos.Fault) (time.Time, func(
 		case <-ctx.Done():
 		case <-time.After(time.Until(end)):
 		}
-		// Windows never overlap (chaos.NewSchedule), so clearing every fault ends just this one.
-		inj.sb.Emulator.ClearFaults()
-		inj.note("%s at %s: the window's faults matched %d calls; %d calls of %v in the window", f.Kind, f.At,
-			inj.sb.Emulator.FaultHits()-hits, inj.countAll(evidence)-before, evidence)
+		fn()
 	}()
-	return end, back
 }
 
 // leader is the MIC replica whose leader-election metric is 1.

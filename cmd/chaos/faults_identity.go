@@ -83,18 +83,12 @@ func (inj *injector) recreateIdentity(ctx context.Context, f chaos.Fault) time.T
 	}
 	klog.InfoS("identity deleted through ARM", "identity", name, "clientID", *old.Properties.ClientID)
 	end := inj.windowEnd(f)
-	inj.wg.Add(1)
-	go func() {
-		defer inj.wg.Done()
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Until(end)):
-		}
+	inj.atEnd(ctx, end, func() {
 		// Even at the end of the run the identity comes back: the final checks need it.
 		if err := inj.recreateAndRepair(context.Background(), msi, name, *old.Properties.ClientID); err != nil {
 			inj.note("%s at %s: %v", f.Kind, f.At, err)
 		}
-	}()
+	})
 	return end
 }
 

@@ -112,18 +112,6 @@ func (e *Emulator) endpoint(key string) (*imdsEndpoint, error) {
 	return ep, nil
 }
 
-// HostKey returns the canonical key of a VM or VMSS instance (any form IMDSHandler accepts):
-// the lower-case resource ID that an IMDS Fault's Resource and IMDS counters use.
-func (e *Emulator) HostKey(key string) (string, error) {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	h, err := e.hostLocked(key)
-	if err != nil {
-		return "", err
-	}
-	return strings.ToLower(h.Key), nil
-}
-
 // IMDSHandler returns the IMDS handler of one VM or VMSS instance; attach it to any listener
 // (e.g. 169.254.169.254:80 inside a node's network namespace). key is a VM name or resource ID,
 // a VMSS instance resource ID or provider ID, "vmss/instanceID" or an instance's computer name.

@@ -149,6 +149,18 @@ func (e *Emulator) ResetCounters() {
 	e.counters.mu.Unlock()
 }
 
+// HostKey returns the canonical key of a VM or VMSS instance (any form IMDSHandler accepts):
+// the lower-case resource ID that an IMDS Fault's Resource and IMDS counters use.
+func (e *Emulator) HostKey(key string) (string, error) {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	h, err := e.hostLocked(key)
+	if err != nil {
+		return "", err
+	}
+	return strings.ToLower(h.Key), nil
+}
+
 // Fault makes the next Count matching calls fail or slow down.
 type Fault struct {
 	Service   string `json:"service"`             // ServiceARM, ServiceAAD or ServiceIMDS
